@@ -1,0 +1,208 @@
+"""Configuration: one frozen dataclass, read from the environment.
+
+``Settings.from_env()`` checks every variable and raises a single
+:class:`~forwarder.errors.ConfigError` listing every problem, so an operator
+fixes a deployment in one pass instead of one crash per typo.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from forwarder import constants as C
+from forwarder.errors import ConfigError
+
+SLUG_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def is_valid_slug(value: str) -> bool:
+    """True for an experience slug that is safe as one URL path segment."""
+    return bool(SLUG_RE.match(value)) and value not in {".", ".."}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"90"``, ``"1.5s"``, ``"250ms"``, ``"10m"``, ``"72h"`` or ``"30d"``."""
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (examples: 30, 250ms, 10m, 72h)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def mask_secret(value: str | None) -> str:
+    """Enough of a secret to tell two apart, never enough to use one."""
+    if not value:
+        return "(unset)"
+    if len(value) <= 8:
+        return "***"
+    return f"{value[:2]}***{value[-2:]}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a producer, a worker or an operator tool needs to know."""
+
+    api_key: str | None = None
+    api_url: str = C.DEFAULT_API_URL
+    experience: str | None = None
+    redis_url: str = C.DEFAULT_REDIS_URL
+    namespace: str = C.DEFAULT_NAMESPACE
+    connect_timeout: float = C.DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = C.DEFAULT_READ_TIMEOUT
+    backoff_base: float = C.DEFAULT_BACKOFF_BASE
+    backoff_cap: float = C.DEFAULT_BACKOFF_CAP
+    retry_after_cap: float = C.DEFAULT_RETRY_AFTER_CAP
+    max_attempts: int = C.DEFAULT_MAX_ATTEMPTS
+    max_age: float = C.DEFAULT_MAX_AGE
+    dedupe_ttl: float = C.DEFAULT_DEDUPE_TTL
+    enqueue_timeout: float = C.DEFAULT_ENQUEUE_TIMEOUT
+    concurrency: int = C.DEFAULT_CONCURRENCY
+    log_format: str = "text"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read and validate the environment; keyword overrides win over it."""
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+
+        def take(var: str, name: str, convert: Callable[[str], Any]) -> None:
+            raw = env.get(var)
+            if raw is None or raw == "":
+                return
+            try:
+                values[name] = convert(raw)
+            except ValueError as exc:
+                problems.append(f"{var}: {exc}")
+
+        take("DISTINCT_API_KEY", "api_key", str)
+        take("DISTINCT_API_URL", "api_url", str)
+        take("DISTINCT_EXPERIENCE", "experience", str)
+        take("REDIS_URL", "redis_url", str)
+        take("FORWARDER_NAMESPACE", "namespace", str)
+        take("FORWARDER_CONNECT_TIMEOUT", "connect_timeout", parse_duration)
+        take("FORWARDER_READ_TIMEOUT", "read_timeout", parse_duration)
+        take("FORWARDER_BACKOFF_BASE", "backoff_base", parse_duration)
+        take("FORWARDER_BACKOFF_CAP", "backoff_cap", parse_duration)
+        take("FORWARDER_RETRY_AFTER_CAP", "retry_after_cap", parse_duration)
+        take("FORWARDER_MAX_ATTEMPTS", "max_attempts", _parse_int)
+        take("FORWARDER_MAX_AGE", "max_age", parse_duration)
+        take("FORWARDER_DEDUPE_TTL", "dedupe_ttl", parse_duration)
+        take("FORWARDER_ENQUEUE_TIMEOUT", "enqueue_timeout", parse_duration)
+        take("FORWARDER_CONCURRENCY", "concurrency", _parse_int)
+        take("FORWARDER_LOG_FORMAT", "log_format", str)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if problems:
+            # Report conversion problems together with rule problems below.
+            try:
+                cls(**values).validate()
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+            raise ConfigError(problems)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ConfigError listing every rule this configuration breaks."""
+        problems: list[str] = []
+        url = urlsplit(self.api_url)
+        if url.scheme not in {"http", "https"} or not url.hostname:
+            problems.append(
+                f"DISTINCT_API_URL: {self.api_url!r} must be an http(s) URL with a host"
+            )
+        if urlsplit(self.redis_url).scheme not in {"redis", "rediss", "unix"}:
+            problems.append(
+                f"REDIS_URL: {mask_url(self.redis_url)!r} must start with redis://, "
+                "rediss:// or unix://"
+            )
+        if self.experience is not None and not is_valid_slug(self.experience):
+            problems.append(
+                f"DISTINCT_EXPERIENCE: {self.experience!r} must match [A-Za-z0-9._-]{{1,128}}"
+            )
+        if not NAMESPACE_RE.match(self.namespace):
+            problems.append(
+                f"FORWARDER_NAMESPACE: {self.namespace!r} must match [A-Za-z0-9._-]{{1,64}}"
+            )
+        positive = {
+            "FORWARDER_CONNECT_TIMEOUT": self.connect_timeout,
+            "FORWARDER_READ_TIMEOUT": self.read_timeout,
+            "FORWARDER_BACKOFF_BASE": self.backoff_base,
+            "FORWARDER_BACKOFF_CAP": self.backoff_cap,
+            "FORWARDER_MAX_AGE": self.max_age,
+            "FORWARDER_DEDUPE_TTL": self.dedupe_ttl,
+            "FORWARDER_ENQUEUE_TIMEOUT": self.enqueue_timeout,
+        }
+        problems += [f"{var}: must be greater than 0" for var, v in positive.items() if v <= 0]
+        if self.retry_after_cap < 0:
+            problems.append("FORWARDER_RETRY_AFTER_CAP: must be 0 or more")
+        if self.backoff_cap < self.backoff_base:
+            problems.append("FORWARDER_BACKOFF_CAP: must be at least FORWARDER_BACKOFF_BASE")
+        if self.max_attempts < 1:
+            problems.append("FORWARDER_MAX_ATTEMPTS: must be at least 1")
+        if not 1 <= self.concurrency <= 512:
+            problems.append("FORWARDER_CONCURRENCY: must be between 1 and 512")
+        if self.connect_timeout + self.read_timeout + C.TASK_BUDGET_SECONDS >= (
+            C.VISIBILITY_TIMEOUT_SECONDS
+        ):
+            problems.append(
+                "FORWARDER_CONNECT_TIMEOUT + FORWARDER_READ_TIMEOUT: must stay under "
+                f"{C.VISIBILITY_TIMEOUT_SECONDS - C.TASK_BUDGET_SECONDS:.0f} s so a running "
+                "task is never handed to a second worker"
+            )
+        if self.log_format not in {"text", "json"}:
+            problems.append(f"FORWARDER_LOG_FORMAT: {self.log_format!r} must be text or json")
+        if problems:
+            raise ConfigError(problems)
+
+    def require_delivery(self) -> None:
+        """Raise ConfigError unless this configuration can POST to Distinct."""
+        if not self.api_key:
+            raise ConfigError(["DISTINCT_API_KEY: required to deliver events (workers)"])
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A validated copy with some fields replaced."""
+        settings = replace(self, **{k: v for k, v in changes.items() if v is not None})
+        settings.validate()
+        return settings
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration, safe to print or log."""
+        shown = asdict(self)
+        shown["api_key"] = mask_secret(self.api_key)
+        shown["redis_url"] = mask_url(self.redis_url)
+        return shown
+
+    def __repr__(self) -> str:
+        # Never let a traceback or a debug log print the key or the password.
+        inner = ", ".join(f"{f.name}={self.masked()[f.name]!r}" for f in fields(self))
+        return f"Settings({inner})"
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None

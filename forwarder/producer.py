@@ -1,0 +1,229 @@
+"""The producer API a web backend calls: validate, then one LPUSH.
+
+No thread, no buffer: when ``capture()`` returns, the event is in Redis. The
+Redis client's connection pool notices a fork and reconnects in the child, so
+an instance built before gunicorn ``--preload`` or uWSGI forks is safe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+from marshmallow import Schema, ValidationError
+
+from forwarder.config import Settings, is_valid_slug
+from forwarder.constants import MESSAGE_BATCH
+from forwarder.errors import ConfigError, EnqueueError, InvalidEvent
+from forwarder.messages import Event, Kind, build_message, event_id_for
+from forwarder.schemas import CAPTURE_SCHEMA, USER_ANALYTICS_SCHEMA
+from forwarder.store import Store, connect, redis_error_text
+
+_SCHEMAS: dict[Kind, Schema] = {"capture": CAPTURE_SCHEMA, "user_analytics": USER_ANALYTICS_SCHEMA}
+
+
+def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """marshmallow's nested error dict as ``{"field": [messages]}``."""
+    if isinstance(messages, list):
+        return {prefix or "_event": [str(m) for m in messages]}
+    flat: dict[str, list[str]] = {}
+    for name, inner in messages.items():
+        field = "_event" if name == "_schema" else str(name)
+        flat.update(_flatten(inner, f"{prefix}.{field}" if prefix else field))
+    return flat
+
+
+def validate_event(
+    kind: Kind, data: Any, experience: str | None = None, *, prefix: str = ""
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The body Distinct will receive, and the errors (empty when valid)."""
+    errors: dict[str, list[str]] = {}
+    body: dict[str, Any] = {}
+    if not isinstance(data, Mapping):
+        errors["_event"] = [f"Must be a JSON object, not {type(data).__name__}."]
+    else:
+        try:
+            body = _SCHEMAS[kind].load(data)
+        except ValidationError as exc:
+            errors.update(_flatten(exc.messages))
+    if kind == "capture":
+        if experience is None:
+            errors["experience"] = [
+                "Required for Capture Analytics: pass experience= or set DISTINCT_EXPERIENCE."
+            ]
+        elif not isinstance(experience, str) or not is_valid_slug(experience):
+            errors["experience"] = ["Must match [A-Za-z0-9._-]{1,128} and not be '.' or '..'."]
+    if prefix:
+        errors = {f"{prefix}.{k}": v for k, v in errors.items()}
+    return body, errors
+
+
+class Forwarder:
+    """Validates events and enqueues them for delivery to Distinct."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        experience: str | None = None,
+        *,
+        namespace: str | None = None,
+        settings: Settings | None = None,
+        client: redis.Redis | None = None,
+    ):
+        base = settings if settings is not None else Settings.from_env()
+        self.settings = base.with_overrides(
+            redis_url=redis_url, experience=experience, namespace=namespace
+        )
+        self._client = client or connect(
+            self.settings.redis_url, timeout=self.settings.enqueue_timeout
+        )
+        self.store = Store(self._client, self.settings.namespace)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Forwarder:
+        """A Forwarder configured by REDIS_URL, DISTINCT_EXPERIENCE, FORWARDER_*."""
+        return cls(settings=Settings.from_env(environ))
+
+    # --- public API --------------------------------------------------------
+    def capture(
+        self,
+        event: Mapping[str, Any],
+        experience: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Validate a Capture Analytics event and enqueue it; returns its id."""
+        return self._send_one("capture", event, experience, idempotency_key)
+
+    def user_analytics(
+        self, event: Mapping[str, Any], idempotency_key: str | None = None
+    ) -> str:
+        """Validate a User Analytics event and enqueue it; returns its id."""
+        return self._send_one("user_analytics", event, None, idempotency_key)
+
+    def capture_many(
+        self,
+        events: Iterable[Mapping[str, Any]],
+        experience: str | None = None,
+        idempotency_keys: Iterable[str | None] | None = None,
+    ) -> list[str]:
+        """Validate every Capture Analytics event, then enqueue all in one round trip.
+
+        Nothing is enqueued if any event is invalid; error keys carry the
+        item's index (``"3.email"``).
+        """
+        items = list(events)
+        keys: list[str | None] = (
+            list(idempotency_keys) if idempotency_keys is not None else [None] * len(items)
+        )
+        if len(keys) != len(items):
+            raise ValueError("idempotency_keys must have one entry per event")
+        return self._send_many("capture", items, experience, keys)
+
+    def user_analytics_many(
+        self,
+        events: Iterable[Mapping[str, Any]],
+        idempotency_keys: Iterable[str | None] | None = None,
+    ) -> list[str]:
+        """Like :meth:`capture_many`, for User Analytics events."""
+        items = list(events)
+        keys: list[str | None] = (
+            list(idempotency_keys) if idempotency_keys is not None else [None] * len(items)
+        )
+        if len(keys) != len(items):
+            raise ValueError("idempotency_keys must have one entry per event")
+        return self._send_many("user_analytics", items, None, keys)
+
+    # --- internals -----------------------------------------------------------
+    def _experience_for(self, kind: Kind, experience: str | None) -> str | None:
+        if kind != "capture":
+            return None
+        return experience if experience is not None else self.settings.experience
+
+    def _event(
+        self, kind: Kind, body: dict[str, Any], experience: str | None, key: str | None, now: float
+    ) -> Event:
+        return Event(
+            id=event_id_for(key), kind=kind, experience=experience, body=body,
+            attempts=0, first_seen=now,
+        )
+
+    def _send_one(
+        self, kind: Kind, data: Any, experience: str | None, key: str | None
+    ) -> str:
+        experience = self._experience_for(kind, experience)
+        body, errors = validate_event(kind, data, experience)
+        if errors:
+            raise InvalidEvent(errors)
+        event = self._event(kind, body, experience, key, time.time())
+        self._push([build_message([event])])
+        return event["id"]
+
+    def _send_many(
+        self, kind: Kind, items: list[Any], experience: str | None, keys: list[str | None]
+    ) -> list[str]:
+        experience = self._experience_for(kind, experience)
+        now = time.time()
+        events: list[Event] = []
+        errors: dict[str, list[str]] = {}
+        for index, data in enumerate(items):
+            body, item_errors = validate_event(kind, data, experience, prefix=str(index))
+            errors.update(item_errors)
+            if not errors:
+                events.append(self._event(kind, body, experience, keys[index], now))
+        if errors:
+            raise InvalidEvent(errors)
+        messages = [
+            build_message(events[i : i + MESSAGE_BATCH])
+            for i in range(0, len(events), MESSAGE_BATCH)
+        ]
+        self._push(messages)
+        return [e["id"] for e in events]
+
+    def _push(self, messages: list[str]) -> None:
+        try:
+            self.store.enqueue(messages)
+        except redis.RedisError as exc:
+            raise EnqueueError(redis_error_text(exc, self.settings.redis_url)) from None
+
+
+_default: Forwarder | None = None
+
+
+def default_forwarder() -> Forwarder:
+    """The process-wide Forwarder built from the environment on first use."""
+    global _default
+    if _default is None:
+        _default = Forwarder.from_env()
+    return _default
+
+
+def capture(
+    event: Mapping[str, Any], experience: str | None = None, idempotency_key: str | None = None
+) -> str:
+    """``Forwarder.capture`` on the default instance built from the environment."""
+    return default_forwarder().capture(event, experience, idempotency_key)
+
+
+def user_analytics(event: Mapping[str, Any], idempotency_key: str | None = None) -> str:
+    """``Forwarder.user_analytics`` on the default instance built from the environment."""
+    return default_forwarder().user_analytics(event, idempotency_key)
+
+
+def capture_many(
+    events: Iterable[Mapping[str, Any]], experience: str | None = None
+) -> list[str]:
+    """``Forwarder.capture_many`` on the default instance built from the environment."""
+    return default_forwarder().capture_many(events, experience)
+
+
+__all__ = [
+    "ConfigError",
+    "Forwarder",
+    "capture",
+    "capture_many",
+    "default_forwarder",
+    "user_analytics",
+    "validate_event",
+]

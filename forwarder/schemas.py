@@ -1,0 +1,217 @@
+"""Schemas of the two Distinct endpoints (marshmallow 4).
+
+``load`` returns exactly the JSON body that will be POSTed: timestamps in UTC
+as ``YYYY-MM-DDTHH:MM:SS.mmmZ``, optional fields that were ``None`` left out.
+Every error names the field it is about.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from datetime import datetime, timezone
+from typing import Any
+
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+
+MAX_TEXT = 512
+MAX_EMAIL = 254
+MAX_METADATA_BYTES = 8 * 1024
+PHONE_RE = re.compile(r"^\+[1-9][0-9]{1,14}$")
+
+REGISTRATION_PAGE_VISIT = "REGISTRATION_PAGE_VISIT"
+PHOTO_TYPES = ("PHOTO_ASSIGNED_TO_USER", "PHOTO_DOWNLOADED_BY_USER", "PHOTO_VIEWED_BY_USER")
+EVENT_TYPES = (REGISTRATION_PAGE_VISIT, *PHOTO_TYPES)
+
+#: For each capture type, the identity fields it requires; the identity
+#: fields of the other shape are forbidden.
+IDENTITY_FIELDS = {
+    REGISTRATION_PAGE_VISIT: ("sessionId", "registrationPageValue"),
+    **{t: ("email",) for t in PHOTO_TYPES},
+}
+ALL_IDENTITY_FIELDS = ("email", "sessionId", "registrationPageValue")
+
+
+def format_timestamp(moment: datetime) -> str:
+    """UTC, millisecond precision, ``Z`` suffix: the form Distinct expects."""
+    utc = moment.astimezone(timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+class Text(fields.String):
+    """A non-blank string of at most ``max_length`` characters, no control characters."""
+
+    def __init__(self, max_length: int = MAX_TEXT, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.max_length = max_length
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not text.strip():
+            raise ValidationError("Must not be empty or blank.")
+        if len(text) > self.max_length:
+            raise ValidationError(f"Longer than {self.max_length} characters ({len(text)}).")
+        if any(unicodedata.category(ch) == "Cc" for ch in text):
+            raise ValidationError("Must not contain control characters.")
+        if any(0xD800 <= ord(ch) <= 0xDFFF for ch in text):
+            raise ValidationError("Must be valid Unicode (lone surrogate found).")
+        return text
+
+
+class EmailText(Text):
+    """An email address of at most 254 characters."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(max_length=MAX_EMAIL, **kwargs)
+        self._check = validate.Email(error="Not a valid email address.")
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        return self._check(text)
+
+
+class Timestamp(fields.Field):
+    """ISO-8601 string with a timezone, or an aware datetime; loads to Distinct's form."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, datetime):
+            moment = value
+        elif isinstance(value, str):
+            text = value.strip()
+            if len(text) < 16 or "T" not in text.upper():
+                raise ValidationError(
+                    "Not an ISO-8601 date and time (example: 2026-11-28T10:15:00.000Z)."
+                )
+            if text[-1] in "zZ":
+                text = text[:-1] + "+00:00"
+            try:
+                moment = datetime.fromisoformat(text)
+            except ValueError:
+                raise ValidationError(
+                    "Not an ISO-8601 date and time (example: 2026-11-28T10:15:00.000Z)."
+                ) from None
+        else:
+            raise ValidationError("Must be an ISO-8601 string or a datetime.")
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise ValidationError(
+                "Has no timezone; send UTC with a Z suffix or an explicit offset."
+            )
+        try:
+            return format_timestamp(moment)
+        except (OverflowError, ValueError):
+            raise ValidationError("Out of range once converted to UTC.") from None
+
+
+class Slug(fields.String):
+    """An experience slug: ``[A-Za-z0-9._-]{1,128}``, safe as one URL path segment."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        from forwarder.config import is_valid_slug
+
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not is_valid_slug(text):
+            raise ValidationError("Must match [A-Za-z0-9._-]{1,128} and not be '.' or '..'.")
+        return text
+
+
+class JsonObject(fields.Field):
+    """A JSON object (dict) whose compact encoding is at most 8 KiB."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict:
+        if not isinstance(value, dict):
+            raise ValidationError("Must be a JSON object.")
+        try:
+            encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ValidationError(
+                f"Must hold only JSON values (no NaN, Infinity or {type(exc).__name__})."
+            ) from None
+        size = len(encoded.encode("utf-8", "surrogatepass"))
+        if size > MAX_METADATA_BYTES:
+            raise ValidationError(f"Larger than 8 KiB once encoded ({size} bytes).")
+        try:
+            encoded.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError("Must be valid Unicode (lone surrogate found).") from None
+        return value
+
+
+class _BodySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    @post_load
+    def _drop_nones(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return {k: v for k, v in data.items() if v is not None}
+
+
+class CaptureEvent(_BodySchema):
+    """Body of ``POST /api/v1/analytics/capture/{experienceValue}``."""
+
+    type = fields.String(
+        required=True,
+        validate=validate.OneOf(EVENT_TYPES, error="Must be one of: {choices}."),
+    )
+    eventValue = Text(required=True)
+    recordCapturedAt = Timestamp(required=True)
+    email = EmailText(allow_none=True)
+    sessionId = Text(allow_none=True)
+    registrationPageValue = Text(allow_none=True)
+
+    @validates_schema(pass_original=True, skip_on_field_errors=False)
+    def _identity_by_type(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:
+        event_type = data.get("type")
+        if event_type not in IDENTITY_FIELDS or not isinstance(original, dict):
+            return
+        needed = IDENTITY_FIELDS[event_type]
+        errors: dict[str, list[str]] = {}
+        for name in ALL_IDENTITY_FIELDS:
+            present = original.get(name) is not None
+            if name in needed and not present:
+                errors[name] = [f"Missing data for required field (type {event_type})."]
+            elif name not in needed and present:
+                errors[name] = [
+                    f"Not allowed for type {event_type}; it takes {' and '.join(needed)}."
+                ]
+        if errors:
+            raise ValidationError(errors)
+
+
+class UserAnalyticsEvent(_BodySchema):
+    """Body of ``POST /api/v1/user/analytics``."""
+
+    userId = Text(allow_none=True)
+    email = EmailText(allow_none=True)
+    phone = fields.String(
+        allow_none=True,
+        validate=validate.Regexp(PHONE_RE, error="Must be E.164, e.g. +14155552671."),
+    )
+    feature = Text(required=True)
+    action = Text(required=True)
+    experienceId = Text(required=True)
+    capturedAt = Timestamp(required=True)
+    metadata = JsonObject(allow_none=True)
+
+    @validates_schema(pass_original=True, skip_on_field_errors=False)
+    def _some_identity(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:
+        if not isinstance(original, dict):
+            return
+        if all(original.get(name) is None for name in ("userId", "email", "phone")):
+            raise ValidationError(
+                {"userId": ["At least one of userId, email or phone is required."]}
+            )
+
+
+#: Shared instances: a Schema is stateless once built, and building one per
+#: call would cost more than validating.
+CAPTURE_SCHEMA = CaptureEvent()
+USER_ANALYTICS_SCHEMA = UserAnalyticsEvent()

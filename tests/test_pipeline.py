@@ -1,0 +1,177 @@
+"""End to end with real parts: producer -> Redis -> worker process -> sandbox Distinct."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from click.testing import CliRunner
+
+from forwarder import Forwarder
+from forwarder.cli import cli
+from forwarder.messages import Event, build_message
+from tests.conftest import API_KEY, capture_event, user_event, wait_until
+
+
+def test_capture_is_delivered_with_exact_body_path_and_headers(settings, sandbox, start_worker):
+    fwd = Forwarder(settings=settings)
+    event = capture_event(1, "REGISTRATION_PAGE_VISIT")
+    event["recordCapturedAt"] = "2026-11-28T12:15:00.5+02:00"
+    event_id = fwd.capture(event)
+    user_id = fwd.user_analytics(user_event(2))
+    start_worker()
+    wait_until(lambda: len(sandbox.events) == 2, message="two deliveries")
+    by_kind = {e["kind"]: e for e in sandbox.events}
+    capture = by_kind["capture"]
+    assert capture["path"] == "/api/v1/analytics/capture/fifa-cwc-2025"
+    assert capture["body"] == {
+        "type": "REGISTRATION_PAGE_VISIT", "eventValue": "evt-1",
+        "recordCapturedAt": "2026-11-28T10:15:00.500Z", "sessionId": "s-1",
+        "registrationPageValue": "reg-7",
+    }
+    assert capture["headers"]["content-type"] == "application/json"
+    assert capture["headers"]["x-distinct-api-key"] == "<matched>"
+    user = by_kind["user_analytics"]
+    assert user["path"] == "/api/v1/user/analytics"
+    assert user["body"] == {**user_event(2), "capturedAt": "2026-04-27T13:35:00.000Z"}
+    # Delivered ids are remembered for the dedupe window.
+    assert fwd.store.is_delivered(event_id) and fwd.store.is_delivered(user_id)
+    assert fwd.store.queue_depth() == 0 and fwd.store.retry_depth() == 0
+
+
+def test_rejected_event_lands_in_dlq_with_reason_and_status(settings, sandbox, start_worker, store):
+    sandbox.faults.reject_values = ["evt-7"]
+    fwd = Forwarder(settings=settings)
+    before = time.time()
+    event_id = fwd.capture(capture_event(7))
+    fwd.capture(capture_event(8))
+    start_worker()
+    wait_until(lambda: store.dlq_depth() == 1 and len(sandbox.events) == 1, message="DLQ entry")
+    entry = store.dlq_get([event_id])[0]
+    assert entry["reason"] == "rejected"
+    assert entry["last_status"] == 400
+    assert entry["attempts"] == 1
+    assert entry["kind"] == "capture" and entry["experience"] == "fifa-cwc-2025"
+    assert entry["body"]["eventValue"] == "evt-7"
+    assert "Rejected by sandbox rule" in entry["last_error"]
+    assert before <= entry["first_seen"] <= entry["last_attempt"] <= time.time()
+    assert API_KEY not in json.dumps(entry)
+    assert sandbox.events[0]["body"]["eventValue"] == "evt-8"
+
+
+def test_503_then_200_is_delivered_exactly_once(settings, sandbox, start_worker, store):
+    sandbox.faults.fail_next = 2
+    fwd = Forwarder(settings=settings)
+    event_id = fwd.capture(capture_event(3))
+    start_worker()
+    wait_until(lambda: len(sandbox.events) == 1, message="delivery")
+    time.sleep(1.0)  # room for a duplicate to show up, if there were one
+    assert len(sandbox.events) == 1
+    assert sandbox.stats.get("503") == 2
+    assert store.is_delivered(event_id)
+    assert store.dlq_depth() == 0 and store.retry_depth() == 0
+    assert store.outcome_counts(time.time(), 5)["retried"] == 2
+
+
+def test_retry_after_is_honoured(settings, sandbox, start_worker, store):
+    sandbox.faults.fail_next = 1
+    sandbox.faults.fail_status = 429
+    sandbox.faults.retry_after = "2"
+    start_worker()
+    fwd = Forwarder(settings=settings)
+    sent = time.time()
+    fwd.capture(capture_event(4))
+    wait_until(lambda: store.retry_depth() == 1, message="retry scheduled")
+    due = store.next_retry_due()
+    assert due is not None and due - sent >= 2.0  # backoff alone would be <= 0.5 s here
+    wait_until(lambda: len(sandbox.events) == 1, message="delivery")
+    assert sandbox.events[0]["received_at"] - sent >= 2.0
+
+
+def test_exhausted_after_max_attempts(settings, sandbox, start_worker, store):
+    sandbox.faults.fail_rate = 1.0
+    start_worker(env={"FORWARDER_MAX_ATTEMPTS": "3"})
+    event_id = Forwarder(settings=settings).capture(capture_event(5))
+    wait_until(lambda: store.dlq_depth() == 1, message="dead letter")
+    entry = store.dlq_get([event_id])[0]
+    assert entry["reason"] == "exhausted"
+    assert entry["attempts"] == 3 and entry["last_status"] == 503
+    assert sandbox.stats.get("503") == 3
+
+
+def test_bad_api_key_is_retried_not_dead_lettered(settings, sandbox, start_worker, store):
+    sandbox.faults.api_key = "a-different-key"
+    worker = start_worker(env={"FORWARDER_MAX_ATTEMPTS": "2"})
+    Forwarder(settings=settings).capture(capture_event(6))
+    wait_until(lambda: sandbox.stats.get("401", 0) >= 5, message="several 401s")
+    assert store.dlq_depth() == 0
+    assert store.retry_depth() + store.queue_depth() >= 1
+    assert "check DISTINCT_API_KEY" in worker.log()
+    assert API_KEY not in worker.log()
+    # Once the key is right again, the event goes through.
+    sandbox.faults.api_key = API_KEY
+    wait_until(lambda: len(sandbox.events) == 1, message="delivery after key fix")
+
+
+def test_dlq_replay_delivers_once_the_sandbox_accepts(
+    settings, sandbox, start_worker, store, redis_url, namespace
+):
+    sandbox.faults.reject_values = ["evt-10", "evt-11"]
+    fwd = Forwarder(settings=settings)
+    ids = {fwd.capture(capture_event(10)), fwd.capture(capture_event(11))}
+    start_worker()
+    wait_until(lambda: store.dlq_depth() == 2, message="two dead letters")
+    sandbox.faults.reject_values = []
+    runner = CliRunner()
+    args = ["--redis-url", redis_url, "--namespace", namespace, "dlq"]
+    listed = runner.invoke(cli, [*args, "list", "--json"])
+    assert listed.exit_code == 0
+    assert {json.loads(line)["id"] for line in listed.output.splitlines()} == ids
+    result = runner.invoke(cli, [*args, "replay", "--all"])
+    assert result.exit_code == 0, result.output
+    assert "Replayed 2, skipped 0" in result.output
+    wait_until(lambda: len(sandbox.events) == 2, message="replayed deliveries")
+    assert store.dlq_depth() == 0
+    again = runner.invoke(cli, [*args, "replay", "--all"])
+    assert "Nothing to do." in again.output
+    time.sleep(0.5)
+    assert len(sandbox.events) == 2
+
+
+def test_two_workers_never_deliver_a_due_retry_twice(settings, sandbox, start_worker, store):
+    now = time.time()
+    events = [Event(id=f"retry-{i}", kind="capture", experience="fifa-cwc-2025",
+                    body={"type": "PHOTO_VIEWED_BY_USER", "eventValue": f"evt-r{i}",
+                          "recordCapturedAt": "2026-11-28T10:15:00.000Z",
+                          "email": f"fan{i}@example.com"},
+                    attempts=1, first_seen=now) for i in range(300)]
+    with store.client.pipeline() as pipe:
+        for e in events:
+            pipe.zadd(store.retry_key, {build_message([e], redelivered=True): now - 1})
+        pipe.execute()
+    start_worker(ready=False)
+    start_worker(ready=False)
+    start_worker(ready=False)
+    wait_until(lambda: len(sandbox.events) >= 300, timeout=60, message="300 deliveries")
+    time.sleep(1.5)
+    values = [e["body"]["eventValue"] for e in sandbox.events]
+    assert len(values) == 300
+    assert len(set(values)) == 300
+    assert store.retry_depth() == 0 and store.queue_depth() == 0
+
+
+def test_api_key_never_stored_in_redis(settings, sandbox, start_worker, store, redis_url):
+    sandbox.faults.reject_values = ["evt-21"]
+    sandbox.faults.fail_next = 3
+    fwd = Forwarder(settings=settings)
+    for i in range(20, 26):
+        fwd.capture(capture_event(i))
+    start_worker()
+    wait_until(lambda: len(sandbox.events) == 5 and store.dlq_depth() == 1, message="settled")
+    found = []
+    for key in store.client.scan_iter(match=f"{store.namespace}:*"):
+        kind = store.client.type(key).decode()
+        dump = store.client.dump(key) or b""
+        if API_KEY.encode() in dump:
+            found.append((key, kind))
+    assert found == []

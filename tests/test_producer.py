@@ -1,0 +1,147 @@
+"""The producer API against a real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+import forwarder
+from forwarder import EnqueueError, Forwarder, InvalidEvent
+from forwarder.config import Settings
+from forwarder.messages import IDEMPOTENCY_NAMESPACE, events_in_message
+from forwarder.redis_server import free_port
+from tests.conftest import capture_event, user_event
+
+
+def _queued(fwd: Forwarder) -> list[dict]:
+    raw = fwd.store.client.lrange(fwd.store.queue_key, 0, -1)
+    return [e for m in reversed(raw) for e in events_in_message(m)]
+
+
+def test_capture_enqueues_a_celery_message_holding_the_event(settings):
+    fwd = Forwarder(settings=settings)
+    event_id = fwd.capture(capture_event(1))
+    uuid.UUID(event_id)
+    raw = fwd.store.client.lrange(fwd.store.queue_key, 0, -1)
+    assert len(raw) == 1
+    message = json.loads(raw[0])
+    assert message["headers"]["task"] == "distinct.deliver"
+    assert message["properties"]["delivery_info"]["routing_key"] == "deliver"
+    # Flower shows id and type, never the email.
+    assert "fan1@example.com" not in message["headers"]["argsrepr"]
+    assert event_id in message["headers"]["argsrepr"]
+    (event,) = events_in_message(raw[0])
+    assert event["id"] == event_id
+    assert event["kind"] == "capture" and event["experience"] == "fifa-cwc-2025"
+    assert event["body"]["recordCapturedAt"] == "2026-11-28T10:15:00.000Z"
+    assert event["attempts"] == 0
+
+
+def test_idempotency_key_gives_a_stable_uuid(settings):
+    fwd = Forwarder(settings=settings)
+    first = fwd.capture(capture_event(1), idempotency_key="order-77")
+    second = fwd.user_analytics(user_event(1), idempotency_key="order-77")
+    assert first == second == str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, "order-77"))
+    assert fwd.capture(capture_event(1)) != first
+
+
+def test_invalid_event_raises_with_field_errors_and_enqueues_nothing(settings):
+    fwd = Forwarder(settings=settings)
+    bad = capture_event(1)
+    bad["email"] = "nope"
+    with pytest.raises(InvalidEvent) as info:
+        fwd.capture(bad)
+    assert isinstance(info.value, ValueError)
+    assert list(info.value.errors) == ["email"]
+    assert "email" in str(info.value)
+    assert fwd.store.queue_depth() == 0
+
+
+def test_capture_requires_an_experience(redis_url, namespace):
+    fwd = Forwarder(settings=Settings(redis_url=redis_url, namespace=namespace))
+    with pytest.raises(InvalidEvent) as info:
+        fwd.capture(capture_event(1))
+    assert "experience" in info.value.errors
+    with pytest.raises(InvalidEvent) as info:
+        fwd.capture(capture_event(1), experience="../admin")
+    assert "experience" in info.value.errors
+    assert fwd.capture(capture_event(1), experience="other-exp")
+    assert _queued(fwd)[0]["experience"] == "other-exp"
+
+
+def test_capture_many_validates_all_before_enqueueing_any(settings):
+    fwd = Forwarder(settings=settings)
+    events = [capture_event(i) for i in range(5)]
+    events[1]["email"] = None
+    events[3]["type"] = "NOPE"
+    with pytest.raises(InvalidEvent) as info:
+        fwd.capture_many(events)
+    assert set(info.value.errors) == {"1.email", "3.type"}
+    assert fwd.store.queue_depth() == 0
+
+
+def test_capture_many_packs_events_into_few_messages(settings):
+    fwd = Forwarder(settings=settings)
+    ids = fwd.capture_many([capture_event(i) for i in range(250)])
+    assert len(set(ids)) == 250
+    assert fwd.store.queue_depth() == 3  # 100 + 100 + 50
+    assert [e["id"] for e in _queued(fwd)] == ids
+
+
+def test_module_level_functions_use_the_environment(redis_url, namespace, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("FORWARDER_NAMESPACE", namespace)
+    monkeypatch.setenv("DISTINCT_EXPERIENCE", "env-exp")
+    monkeypatch.setattr(forwarder.producer, "_default", None)
+    event_id = forwarder.capture(capture_event(1))
+    forwarder.user_analytics(user_event(2))
+    fwd = forwarder.default_forwarder()
+    assert fwd.settings.namespace == namespace
+    queued = _queued(fwd)
+    assert queued[0]["id"] == event_id
+    assert queued[0]["experience"] == "env-exp"
+    assert queued[1]["kind"] == "user_analytics"
+    monkeypatch.setattr(forwarder.producer, "_default", None)
+
+
+def test_unreachable_redis_raises_enqueue_error_without_password(namespace):
+    port = free_port()  # nothing listens there
+    fwd = Forwarder(settings=Settings(redis_url=f"redis://:s3cr3t-pw@127.0.0.1:{port}/0",
+                                      namespace=namespace, experience="x"))
+    with pytest.raises(EnqueueError) as info:
+        fwd.capture(capture_event(1))
+    assert "s3cr3t-pw" not in str(info.value)
+    assert "***" in str(info.value)
+
+
+def test_import_forwarder_loads_no_worker_code_and_starts_no_thread():
+    code = (
+        "import sys, threading, forwarder\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('requests', 'workers', 'celery')]\n"
+        "print(bad, threading.active_count())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.stdout.strip() == "[] 1"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_instance_built_before_fork_works_in_the_child(settings):
+    fwd = Forwarder(settings=settings)
+    fwd.capture(capture_event(0))  # the parent's pool now holds a connection
+    pid = os.fork()
+    if pid == 0:  # child: like a gunicorn worker after --preload
+        try:
+            fwd.capture(capture_event(1))
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    fwd.capture(capture_event(2))
+    assert [e["body"]["eventValue"] for e in _queued(fwd)] == ["evt-0", "evt-1", "evt-2"]
