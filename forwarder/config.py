@@ -80,6 +80,16 @@ class Settings:
     enqueue_timeout: float = C.DEFAULT_ENQUEUE_TIMEOUT
     concurrency: int = C.DEFAULT_CONCURRENCY
     log_format: str = "text"
+    # --- operating at scale: breaker, rate limit, DLQ retention, metrics ---
+    breaker_consecutive: int = C.DEFAULT_BREAKER_CONSECUTIVE
+    breaker_ratio: float = C.DEFAULT_BREAKER_RATIO
+    breaker_min_requests: int = C.DEFAULT_BREAKER_MIN_REQUESTS
+    breaker_window: float = C.DEFAULT_BREAKER_WINDOW
+    breaker_cooldown_min: float = C.DEFAULT_BREAKER_COOLDOWN_MIN
+    breaker_cooldown_max: float = C.DEFAULT_BREAKER_COOLDOWN_MAX
+    rate_limit: float | None = None
+    dlq_ttl: float = C.DEFAULT_DLQ_TTL
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -113,6 +123,15 @@ class Settings:
         take("FORWARDER_ENQUEUE_TIMEOUT", "enqueue_timeout", parse_duration)
         take("FORWARDER_CONCURRENCY", "concurrency", _parse_int)
         take("FORWARDER_LOG_FORMAT", "log_format", str)
+        take("FORWARDER_BREAKER_CONSECUTIVE", "breaker_consecutive", _parse_int)
+        take("FORWARDER_BREAKER_RATIO", "breaker_ratio", _parse_float)
+        take("FORWARDER_BREAKER_MIN_REQUESTS", "breaker_min_requests", _parse_int)
+        take("FORWARDER_BREAKER_WINDOW", "breaker_window", parse_duration)
+        take("FORWARDER_BREAKER_COOLDOWN_MIN", "breaker_cooldown_min", parse_duration)
+        take("FORWARDER_BREAKER_COOLDOWN_MAX", "breaker_cooldown_max", parse_duration)
+        take("FORWARDER_RATE_LIMIT", "rate_limit", _parse_float)
+        take("FORWARDER_DLQ_TTL", "dlq_ttl", parse_duration)
+        take("FORWARDER_METRICS_PORT", "metrics_port", _parse_int)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if problems:
             # Report conversion problems together with rule problems below.
@@ -172,10 +191,35 @@ class Settings:
                 f"{C.VISIBILITY_TIMEOUT_SECONDS - C.TASK_BUDGET_SECONDS:.0f} s so a running "
                 "task is never handed to a second worker"
             )
+        problems += self._scale_problems()
         if self.log_format not in {"text", "json"}:
             problems.append(f"FORWARDER_LOG_FORMAT: {self.log_format!r} must be text or json")
         if problems:
             raise ConfigError(problems)
+
+    def _scale_problems(self) -> list[str]:
+        problems = []
+        if self.breaker_consecutive < 1:
+            problems.append("FORWARDER_BREAKER_CONSECUTIVE: must be at least 1")
+        if not 0 < self.breaker_ratio <= 1:
+            problems.append("FORWARDER_BREAKER_RATIO: must be above 0 and at most 1")
+        if self.breaker_min_requests < 1:
+            problems.append("FORWARDER_BREAKER_MIN_REQUESTS: must be at least 1")
+        if self.breaker_window < 1:
+            problems.append("FORWARDER_BREAKER_WINDOW: must be at least 1 s")
+        if self.breaker_cooldown_min <= 0:
+            problems.append("FORWARDER_BREAKER_COOLDOWN_MIN: must be greater than 0")
+        if self.breaker_cooldown_max < self.breaker_cooldown_min:
+            problems.append(
+                "FORWARDER_BREAKER_COOLDOWN_MAX: must be at least FORWARDER_BREAKER_COOLDOWN_MIN"
+            )
+        if self.rate_limit is not None and self.rate_limit <= 0:
+            problems.append("FORWARDER_RATE_LIMIT: must be greater than 0 (unset for no limit)")
+        if self.dlq_ttl <= 0:
+            problems.append("FORWARDER_DLQ_TTL: must be greater than 0")
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            problems.append("FORWARDER_METRICS_PORT: must be a TCP port (1-65535)")
+        return problems
 
     def require_delivery(self) -> None:
         """Raise ConfigError unless this configuration can POST to Distinct."""
@@ -199,6 +243,13 @@ class Settings:
         # Never let a traceback or a debug log print the key or the password.
         inner = ", ".join(f"{f.name}={self.masked()[f.name]!r}" for f in fields(self))
         return f"Settings({inner})"
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
 
 
 def _parse_int(text: str) -> int:

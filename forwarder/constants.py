@@ -21,6 +21,18 @@ DLQ_INDEX = "dlq:index"
 DELIVERED_PREFIX = "delivered:"
 #: String per event id while one worker holds the right to POST it.
 INFLIGHT_PREFIX = "inflight:"
+#: Hash: the shared circuit breaker (state, reason, open_until, cooldown...).
+BREAKER = "breaker"
+#: String held by the one worker sending the half-open breaker's probe.
+BREAKER_PROBE = "breaker:probe"
+#: Short-lived marker: a probe candidate was just released from the retry set.
+BREAKER_RELEASED = "breaker:released"
+#: Hashes of ok/fail counts per tenth of the breaker's window.
+BREAKER_WINDOW_PREFIX = "breaker:w:"
+#: The global rate limit's theoretical arrival time (GCRA), Redis clock.
+RATE = "rate"
+#: Sorted sets of DLQ ids by reason, scored like DLQ_INDEX.
+DLQ_REASON_PREFIX = "dlq:reason:"
 #: Hash of per-minute outcome counters: ``stats:{minute}`` -> {outcome: n}.
 STATS_PREFIX = "stats:"
 
@@ -78,5 +90,23 @@ PROMOTE_BATCH = 500
 BUSY_RETRY_DELAY = 5.0
 #: The most response body or error text kept in a dead-letter entry.
 DLQ_DETAIL_BYTES = 2048
+#: Breaker: this many transient failures in a row open it...
+DEFAULT_BREAKER_CONSECUTIVE = 10
+#: ...or this share of failures among at least MIN_REQUESTS in the window.
+DEFAULT_BREAKER_RATIO = 0.5
+DEFAULT_BREAKER_MIN_REQUESTS = 20
+DEFAULT_BREAKER_WINDOW = 30.0
+#: First cooldown; it doubles with each failed probe up to the maximum.
+DEFAULT_BREAKER_COOLDOWN_MIN = 5.0
+DEFAULT_BREAKER_COOLDOWN_MAX = 300.0
+#: After the breaker closes, due retries are released at this many per
+#: promotion at first, doubling every RAMP_STEP seconds up to PROMOTE_BATCH.
+RAMP_START = 20
+RAMP_STEP_SECONDS = 2.0
+#: A worker waits at most this long for a rate-limit slot before it parks
+#: the event in the retry set instead.
+RATE_MAX_WAIT = 1.0
+#: Dead letters older than this are removed (and logged), never before.
+DEFAULT_DLQ_TTL = 30 * 86400.0
 #: Events per Celery message from capture_many().
 MESSAGE_BATCH = 100

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, cast
 
 import redis
@@ -20,29 +20,11 @@ from redis.retry import Retry
 
 from forwarder import constants as C
 from forwarder.config import mask_url
+from forwarder.gate import PROMOTE_LUA
 
-ClaimState = Literal["claimed", "delivered", "busy"]
 ReplayState = Literal["replayed", "skipped", "missing"]
-
-# Move up to ARGV[2] messages due at or before ARGV[1] from the retry set to
-# the consuming end of the queue. Atomic: a message is moved exactly once,
-# however many workers run this at the same moment.
-_PROMOTE_LUA = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, msg in ipairs(due) do
-  redis.call('RPUSH', KEYS[2], msg)
-  redis.call('ZREM', KEYS[1], msg)
-end
-return #due
-"""
-
-# Before a POST: 'delivered' if the id is in the dedupe window, 'busy' if
-# another worker holds the claim, else take the claim (token, TTL in ms).
-_CLAIM_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'delivered' end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then return 'claimed' end
-return 'busy'
-"""
+#: Adds commands to an outcome's transaction (the breaker's update).
+Extra = Callable[[Any], None]
 
 # Release a claim only if it is still ours.
 _RELEASE_LUA = """
@@ -50,28 +32,60 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# Remove one dead letter from the hash, the index and its reason's index.
+_DLQ_REMOVE_FN = """
+local function remove(id)
+  local raw = redis.call('HGET', KEYS[1], id)
+  if not raw then return 0 end
+  local ok, entry = pcall(cjson.decode, raw)
+  if ok and type(entry) == 'table' and type(entry['reason']) == 'string' then
+    redis.call('ZREM', KEYS[3] .. entry['reason'], id)
+  end
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  return 1
+end
+"""
+
 # Replay dead letters: ARGV holds (id, message) pairs. An entry whose id was
 # delivered meanwhile is dropped as 'skipped'; otherwise its message is pushed
 # and only then the entry removed, in the same atomic step.
-_REPLAY_LUA = """
+# KEYS: dlq hash, dlq index, reason prefix, queue, delivered prefix
+_REPLAY_LUA = _DLQ_REMOVE_FN + """
 local out = {}
 for i = 1, #ARGV, 2 do
   local id, msg = ARGV[i], ARGV[i + 1]
   if redis.call('HEXISTS', KEYS[1], id) == 0 then
     table.insert(out, 'missing')
-  elseif redis.call('EXISTS', KEYS[4] .. id) == 1 then
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('ZREM', KEYS[2], id)
+  elseif redis.call('EXISTS', KEYS[5] .. id) == 1 then
+    remove(id)
     table.insert(out, 'skipped')
   else
-    redis.call('LPUSH', KEYS[3], msg)
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('ZREM', KEYS[2], id)
+    redis.call('LPUSH', KEYS[4], msg)
+    remove(id)
     table.insert(out, 'replayed')
   end
 end
 return out
 """
+
+# Delete the given ids. KEYS: dlq hash, dlq index, reason prefix
+_DLQ_DELETE_LUA = _DLQ_REMOVE_FN + """
+local n = 0
+for _, id in ipairs(ARGV) do n = n + remove(id) end
+return n
+"""
+
+# Retention: delete up to ARGV[2] entries dead-lettered before ARGV[1].
+_DLQ_EXPIRE_LUA = _DLQ_REMOVE_FN + """
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(old) do
+  if remove(id) == 0 then redis.call('ZREM', KEYS[2], id) end
+end
+return #old
+"""
+
+DLQ_REASONS = ("rejected", "exhausted", "expired", "malformed")
 
 
 def connect(redis_url: str, *, timeout: float | None = None, retries: int = 1) -> redis.Redis:
@@ -119,13 +133,17 @@ class Store:
         self.retry_key = k(C.RETRY_SET)
         self.dlq_key = k(C.DLQ_ENTRIES)
         self.dlq_index_key = k(C.DLQ_INDEX)
+        self.dlq_reason_prefix = k(C.DLQ_REASON_PREFIX)
         self.delivered_prefix = k(C.DELIVERED_PREFIX)
         self.inflight_prefix = k(C.INFLIGHT_PREFIX)
         self.stats_prefix = k(C.STATS_PREFIX)
-        self._promote = client.register_script(_PROMOTE_LUA)
-        self._claim = client.register_script(_CLAIM_LUA)
+        self._breaker_keys = [k(C.BREAKER), k(C.BREAKER_PROBE), k(C.BREAKER_RELEASED)]
+        self._dlq_keys = [self.dlq_key, self.dlq_index_key, self.dlq_reason_prefix]
+        self._promote = client.register_script(PROMOTE_LUA)
         self._release = client.register_script(_RELEASE_LUA)
         self._replay = client.register_script(_REPLAY_LUA)
+        self._dlq_delete = client.register_script(_DLQ_DELETE_LUA)
+        self._dlq_expire = client.register_script(_DLQ_EXPIRE_LUA)
 
     # --- queue -------------------------------------------------------------
     def enqueue(self, messages: Sequence[str]) -> None:
@@ -136,10 +154,23 @@ class Store:
     def queue_depth(self) -> int:
         return int(self.client.llen(self.queue_key))
 
+    def oldest_queued(self) -> str | None:
+        """The message at the consuming end of the queue (the next one out)."""
+        raw = self.client.lindex(self.queue_key, -1)
+        return _text(raw) if raw is not None else None
+
     # --- retry set -----------------------------------------------------------
     def promote_due(self, now: float, limit: int = C.PROMOTE_BATCH) -> int:
-        """Move retries due by ``now`` back to the queue; returns how many."""
-        return int(self._promote(keys=[self.retry_key, self.queue_key], args=[now, limit]))
+        """Move retries due by ``now`` back to the queue; returns how many.
+
+        The shared circuit breaker decides how many may go: none while it is
+        open (one probe candidate once its cooldown is over), a doubling
+        share right after it closes, then ``limit``.
+        """
+        return int(self._promote(
+            keys=[self.retry_key, self.queue_key, *self._breaker_keys],
+            args=[now, limit, C.RAMP_START, C.RAMP_STEP_SECONDS],
+        ))
 
     def retry_depth(self) -> int:
         return int(self.client.zcard(self.retry_key))
@@ -148,44 +179,44 @@ class Store:
         first = self.client.zrange(self.retry_key, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
 
-    # --- per-event claim and outcome ---------------------------------------
-    def claim(self, event_id: str, token: str, ttl_seconds: float) -> ClaimState:
-        state = self._claim(
-            keys=[self.delivered_prefix + event_id, self.inflight_prefix + event_id],
-            args=[token, max(1, int(ttl_seconds * 1000))],
-        )
-        return cast(ClaimState, state.decode() if isinstance(state, bytes) else state)
+    def first_retry(self) -> str | None:
+        first = self.client.zrange(self.retry_key, 0, 0)
+        return _text(first[0]) if first else None
 
-    def _finish(
-        self, event_id: str, token: str | None, outcome: str, now: float, pipe: Any
-    ) -> None:
+    # --- outcomes: each one transaction, with the breaker's update ------------
+    def _finish(self, event_id: str, token: str | None, outcome: str, now: float, pipe: Any,
+                extra: Extra | None) -> None:
         if token is not None:
             self._release(keys=[self.inflight_prefix + event_id], args=[token], client=pipe)
         stats = self.stats_prefix + str(_minute(now))
         pipe.hincrby(stats, outcome, 1)
         pipe.expire(stats, 2 * 3600)
+        if extra is not None:
+            extra(pipe)
 
-    def mark_delivered(self, event_id: str, token: str | None, ttl: float, now: float) -> None:
+    def mark_delivered(self, event_id: str, token: str | None, ttl: float, now: float,
+                       extra: Extra | None = None) -> list[Any]:
         with self.client.pipeline(transaction=True) as pipe:
             pipe.set(self.delivered_prefix + event_id, int(now), ex=max(1, int(ttl)))
-            self._finish(event_id, token, "delivered", now, pipe)
-            pipe.execute()
+            self._finish(event_id, token, "delivered", now, pipe, extra)
+            return list(pipe.execute())
 
-    def schedule_retry(
-        self, event_id: str, token: str | None, message: str, due: float, now: float,
-        outcome: str = "retried",
-    ) -> None:
+    def schedule_retry(self, event_id: str, token: str | None, message: str, due: float,
+                       now: float, outcome: str = "retried",
+                       extra: Extra | None = None) -> list[Any]:
         with self.client.pipeline(transaction=True) as pipe:
             pipe.zadd(self.retry_key, {message: due})
-            self._finish(event_id, token, outcome, now, pipe)
-            pipe.execute()
+            self._finish(event_id, token, outcome, now, pipe, extra)
+            return list(pipe.execute())
 
-    def dead_letter(self, entry: dict[str, Any], token: str | None, now: float) -> None:
+    def dead_letter(self, entry: dict[str, Any], token: str | None, now: float,
+                    extra: Extra | None = None) -> list[Any]:
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(self.dlq_key, entry["id"], json.dumps(entry, separators=(",", ":")))
             pipe.zadd(self.dlq_index_key, {entry["id"]: now})
-            self._finish(entry["id"], token, "dead_lettered", now, pipe)
-            pipe.execute()
+            pipe.zadd(self.dlq_reason_prefix + str(entry["reason"]), {entry["id"]: now})
+            self._finish(entry["id"], token, "dead_lettered", now, pipe, extra)
+            return list(pipe.execute())
 
     def is_delivered(self, event_id: str) -> bool:
         return bool(self.client.exists(self.delivered_prefix + event_id))
@@ -194,9 +225,33 @@ class Store:
     def dlq_depth(self) -> int:
         return int(self.client.hlen(self.dlq_key))
 
-    def dlq_ids(self) -> list[str]:
-        """Every dead-letter id, oldest first."""
-        return [_text(i) for i in self.client.zrange(self.dlq_index_key, 0, -1)]
+    def dlq_depth_by_reason(self) -> dict[str, int]:
+        with self.client.pipeline(transaction=False) as pipe:
+            for reason in DLQ_REASONS:
+                pipe.zcard(self.dlq_reason_prefix + reason)
+            counts = pipe.execute()
+        return {r: int(n) for r, n in zip(DLQ_REASONS, counts, strict=True) if n}
+
+    def dlq_expiring(self, now: float, ttl: float, within: float) -> int:
+        """How many entries retention removes in the next ``within`` seconds."""
+        return int(self.client.zcount(self.dlq_index_key, "-inf", now - ttl + within))
+
+    def dlq_expire(self, now: float, ttl: float, batch: int = 1000) -> int:
+        """Remove entries older than ``ttl``; returns how many."""
+        removed = 0
+        while True:
+            n = int(self._dlq_expire(keys=self._dlq_keys, args=[now - ttl, batch]))
+            removed += n
+            if n < batch:
+                return removed
+
+    def dlq_ids(self, since: float | None = None, until: float | None = None,
+                reason: str | None = None) -> list[str]:
+        """Dead-letter ids, oldest first, optionally by time and reason."""
+        key = self.dlq_reason_prefix + reason if reason else self.dlq_index_key
+        low = "-inf" if since is None else since
+        high = "+inf" if until is None else until
+        return [_text(i) for i in self.client.zrangebyscore(key, low, high)]
 
     def dlq_get(self, ids: Iterable[str]) -> list[dict[str, Any] | None]:
         ids = list(ids)
@@ -205,25 +260,29 @@ class Store:
         raw = self.client.hmget(self.dlq_key, ids)
         return [json.loads(r) if r is not None else None for r in raw]
 
+    def dlq_put(self, entries: Sequence[dict[str, Any]]) -> None:
+        """Store entries as they are (``dlq import``); an existing id is replaced."""
+        with self.client.pipeline(transaction=True) as pipe:
+            for entry in entries:
+                dead_at = float(entry.get("dead_at") or time.time())
+                pipe.hset(self.dlq_key, entry["id"], json.dumps(entry, separators=(",", ":")))
+                pipe.zadd(self.dlq_index_key, {entry["id"]: dead_at})
+                pipe.zadd(self.dlq_reason_prefix + str(entry["reason"]), {entry["id"]: dead_at})
+            pipe.execute()
+
     def dlq_replay(self, pairs: Sequence[tuple[str, str]]) -> list[ReplayState]:
         """Push each (id, message) back to the queue and drop its entry, atomically."""
         if not pairs:
             return []
         args = [x for pair in pairs for x in pair]
-        states = self._replay(
-            keys=[self.dlq_key, self.dlq_index_key, self.queue_key, self.delivered_prefix],
-            args=args,
-        )
+        states = self._replay(keys=[*self._dlq_keys, self.queue_key, self.delivered_prefix],
+                              args=args)
         return [cast(ReplayState, _text(s)) for s in states]
 
     def dlq_delete(self, ids: Sequence[str]) -> int:
         if not ids:
             return 0
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.dlq_key, *ids)
-            pipe.zrem(self.dlq_index_key, *ids)
-            removed, _ = pipe.execute()
-        return int(removed)
+        return int(self._dlq_delete(keys=self._dlq_keys, args=list(ids)))
 
     # --- counters --------------------------------------------------------------
     def outcome_counts(self, now: float, minutes: int) -> dict[str, int]:
@@ -236,7 +295,7 @@ class Store:
         totals: dict[str, int] = {"delivered": 0, "retried": 0, "dead_lettered": 0}
         for bucket in buckets:
             for name, count in bucket.items():
-                totals[name.decode()] = totals.get(name.decode(), 0) + int(count)
+                totals[_text(name)] = totals.get(_text(name), 0) + int(count)
         return totals
 
     def wipe(self) -> int:
@@ -258,5 +317,3 @@ def _chunks(items: Iterable[Any], size: int = 500) -> Iterable[list[Any]]:
         yield batch
 
 
-def now() -> float:
-    return time.time()

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from forwarder import Forwarder
 from forwarder.cli import cli
+from forwarder.gate import Gate
 from forwarder.messages import Event, build_message
 from tests.conftest import API_KEY, capture_event, user_event, wait_until
 
@@ -99,18 +100,29 @@ def test_exhausted_after_max_attempts(settings, sandbox, start_worker, store):
     assert sandbox.stats.get("503") == 3
 
 
-def test_bad_api_key_is_retried_not_dead_lettered(settings, sandbox, start_worker, store):
+def test_bad_api_key_opens_the_breaker_and_is_never_dead_lettered(
+    settings, sandbox, start_worker, store
+):
     sandbox.faults.api_key = "a-different-key"
-    worker = start_worker(env={"FORWARDER_MAX_ATTEMPTS": "2"})
-    Forwarder(settings=settings).capture(capture_event(6))
-    wait_until(lambda: sandbox.stats.get("401", 0) >= 5, message="several 401s")
-    assert store.dlq_depth() == 0
-    assert store.retry_depth() + store.queue_depth() >= 1
-    assert "check DISTINCT_API_KEY" in worker.log()
+    worker = start_worker(env={"FORWARDER_MAX_ATTEMPTS": "1",
+                               "FORWARDER_BREAKER_COOLDOWN_MIN": "1",
+                               "FORWARDER_BREAKER_COOLDOWN_MAX": "2"})
+    fwd = Forwarder(settings=settings)
+    for i in range(5):
+        fwd.capture(capture_event(i))
+    gate = Gate(store.client, store.namespace)
+    wait_until(lambda: gate.state().state == "open", message="breaker open")
+    assert gate.state().reason == "auth"
+    assert "DISTINCT_API_KEY" in gate.state().hint
+    wait_until(lambda: sandbox.stats.get("401", 0) >= 3, message="probes")
+    assert store.dlq_depth() == 0  # past max attempts, still waiting for the key
+    assert "circuit breaker OPEN (reason auth)" in worker.log()
     assert API_KEY not in worker.log()
-    # Once the key is right again, the event goes through.
+    # Once the key is right again, a probe closes the breaker and all go through.
     sandbox.faults.api_key = API_KEY
-    wait_until(lambda: len(sandbox.events) == 1, message="delivery after key fix")
+    wait_until(lambda: len(sandbox.events) == 5, message="delivery after key fix")
+    assert gate.state().state == "closed"
+    assert store.dlq_depth() == 0
 
 
 def test_dlq_replay_delivers_once_the_sandbox_accepts(

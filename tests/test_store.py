@@ -6,6 +6,7 @@ import threading
 import time
 
 from forwarder import dlq
+from forwarder.gate import Gate
 from forwarder.messages import Event, build_message, events_in_message
 from forwarder.store import Store, connect
 
@@ -48,18 +49,20 @@ def test_promote_moves_each_due_retry_exactly_once_under_concurrency(store, redi
 
 
 def test_claim_states(store):
-    assert store.claim("a", "t1", 5) == "claimed"
-    assert store.claim("a", "t2", 5) == "busy"
+    gate = Gate(store.client, store.namespace)
+    assert gate.admit("a", "t1", 5).state == "claimed"
+    assert gate.admit("a", "t2", 5).state == "busy"
     store.mark_delivered("a", "t1", 60, time.time())
-    assert store.claim("a", "t3", 5) == "delivered"
+    assert gate.admit("a", "t3", 5).state == "delivered"
     # The claim was released by its owner.
     assert not store.client.exists(store.inflight_prefix + "a")
 
 
 def test_release_never_drops_someone_elses_claim(store):
-    assert store.claim("b", "mine", 0.05) == "claimed"
+    gate = Gate(store.client, store.namespace)
+    assert gate.admit("b", "mine", 0.05).state == "claimed"
     time.sleep(0.1)
-    assert store.claim("b", "theirs", 5) == "claimed"
+    assert gate.admit("b", "theirs", 5).state == "claimed"
     store.schedule_retry("b", "mine", "msg", time.time() + 10, time.time())
     assert store.client.get(store.inflight_prefix + "b") == b"theirs"
 

@@ -19,23 +19,39 @@ import redis
 from celery import bootsteps
 
 from forwarder.constants import PROMOTE_BATCH, PROMOTE_INTERVAL_SECONDS
+from forwarder.gate import Gate
 from forwarder.store import Store
+from workers import metrics
 
 log = logging.getLogger("distinct_forwarder.promoter")
+#: How often the queue/retry/DLQ/breaker gauges are refreshed.
+GAUGE_INTERVAL_SECONDS = 5.0
+#: How often DLQ retention runs.
+RETENTION_INTERVAL_SECONDS = 60.0
 
 
 class RetryPromoter:
-    """A daemon thread calling ``store.promote_due`` every interval."""
+    """A daemon thread calling ``store.promote_due`` every interval.
+
+    Every few seconds it also refreshes the depth gauges, and every minute it
+    applies the DLQ retention (``FORWARDER_DLQ_TTL``), logging what it removed.
+    """
 
     def __init__(
         self,
         store: Store,
         interval: float = PROMOTE_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.time,
+        dlq_ttl: float | None = None,
+        gate: Gate | None = None,
     ):
         self.store = store
         self.interval = interval
         self.clock = clock
+        self.dlq_ttl = dlq_ttl
+        self.gate = gate
+        self._next_gauges = 0.0
+        self._next_retention = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.moved = 0
@@ -53,6 +69,7 @@ class RetryPromoter:
         while not self._stop.is_set():
             try:
                 self.moved += self.run_once()
+                self._housekeeping()
                 if failing:
                     log.warning("retry promoter: Redis is back")
                 failing = False
@@ -64,6 +81,22 @@ class RetryPromoter:
             except Exception:
                 log.exception("retry promoter: unexpected error")
             self._stop.wait(self.interval)
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_gauges:
+            self._next_gauges = now + GAUGE_INTERVAL_SECONDS
+            metrics.QUEUE_DEPTH.set(self.store.queue_depth())
+            metrics.RETRY_DEPTH.set(self.store.retry_depth())
+            metrics.DLQ_DEPTH.set(self.store.dlq_depth())
+            if self.gate is not None:
+                metrics.BREAKER_OPEN.set(1 if self.gate.state().state == "open" else 0)
+        if self.dlq_ttl and now >= self._next_retention:
+            self._next_retention = now + RETENTION_INTERVAL_SECONDS
+            removed = self.store.dlq_expire(self.clock(), self.dlq_ttl)
+            if removed:
+                log.warning("DLQ retention: removed %d entries older than %.0f days",
+                            removed, self.dlq_ttl / 86400)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="retry-promoter", daemon=True)
@@ -83,8 +116,11 @@ class RetryPromoterStep(bootsteps.StartStopStep):
         self.promoter: RetryPromoter | None = None
 
     def start(self, worker: Any) -> None:
-        store = worker.app.forwarder_deliverer().store
-        self.promoter = RetryPromoter(store)
+        deliverer = worker.app.forwarder_deliverer()
+        settings = deliverer.settings
+        metrics.serve(settings.metrics_port)
+        self.promoter = RetryPromoter(deliverer.store, dlq_ttl=settings.dlq_ttl,
+                                      gate=deliverer.gate)
         self.promoter.start()
 
     def stop(self, worker: Any) -> None:

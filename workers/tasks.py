@@ -22,10 +22,18 @@ from celery import Celery
 from celery.exceptions import Reject
 
 from forwarder.config import Settings, is_valid_slug
-from forwarder.constants import BUSY_RETRY_DELAY, DLQ_DETAIL_BYTES, TASK_BUDGET_SECONDS, TASK_NAME
+from forwarder.constants import (
+    BUSY_RETRY_DELAY,
+    DLQ_DETAIL_BYTES,
+    RATE_MAX_WAIT,
+    TASK_BUDGET_SECONDS,
+    TASK_NAME,
+)
+from forwarder.gate import Admission, BreakerPolicy, Gate, Signal
 from forwarder.logs import mask_email
 from forwarder.messages import KINDS, Event, build_message
 from forwarder.store import Store, connect
+from workers import metrics
 from workers.delivery import DistinctClient, Outcome
 from workers.retry import BackoffPolicy, DeadLetter, Delivered, Retry, decide
 
@@ -35,6 +43,8 @@ T = TypeVar("T")
 #: How long a worker keeps trying Redis inside one task before handing the
 #: whole message back: long enough to ride out a Redis restart.
 REDIS_PATIENCE_SECONDS = 30.0
+#: How many times a thread waits for a rate-limit slot before parking the event.
+RATE_WAIT_ROUNDS = 5
 
 
 class Deliverer:
@@ -46,6 +56,7 @@ class Deliverer:
         *,
         store: Store | None = None,
         client: DistinctClient | None = None,
+        gate: Gate | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -59,6 +70,18 @@ class Deliverer:
         self.rng = rng or random.Random()
         self.sleep = sleep
         self.claim_ttl = settings.connect_timeout + settings.read_timeout + 10.0
+        self.gate = gate or Gate(
+            self.store.client, settings.namespace,
+            BreakerPolicy(
+                consecutive=settings.breaker_consecutive,
+                min_requests=settings.breaker_min_requests,
+                ratio=settings.breaker_ratio,
+                window=settings.breaker_window,
+                cooldown_min=settings.breaker_cooldown_min,
+                cooldown_max=settings.breaker_cooldown_max,
+            ),
+            rate_limit=settings.rate_limit,
+        )
 
     # --- one message -----------------------------------------------------------
     def deliver_batch(self, events: list[Any]) -> dict[str, int]:
@@ -83,16 +106,20 @@ class Deliverer:
             return "dead_lettered"
         event: Event = raw
         token = uuid.uuid4().hex
-        state = self._redis(lambda: self.store.claim(event["id"], token, self.claim_ttl))
-        if state == "delivered":
+        admission = self._admit(event, token)
+        if admission.state == "delivered":
             log.info("skipped id=%s: already delivered (dedupe window)", event["id"])
             return "skipped"
-        if state == "busy":
-            now = self.clock()
-            message = build_message([event])
-            self._redis(lambda: self.store.schedule_retry(
-                event["id"], None, message, now + BUSY_RETRY_DELAY, now, outcome="deferred"))
+        if admission.state != "claimed":
+            # Busy elsewhere, breaker open, or no rate slot soon: the event
+            # waits in the retry set, not in this process, and keeps its
+            # attempt count because nothing was sent.
+            due = admission.until if admission.state == "open" else self.clock() + (
+                BUSY_RETRY_DELAY if admission.state == "busy" else admission.wait)
+            self._park(event, due + self.rng.uniform(0, 1.0))
             return "deferred"
+        if admission.wait > 0:
+            self.sleep(admission.wait)  # a reserved rate-limit slot, under 1 s
         try:
             outcome = self.client.send(event)
         except Exception as exc:  # a bug must not lose the event
@@ -100,35 +127,76 @@ class Deliverer:
             outcome = Outcome("transient", None, f"internal error: {type(exc).__name__}: {exc}")
         return self.record(event, token, outcome)
 
+    def _admit(self, event: Event, token: str) -> Admission:
+        for _ in range(RATE_WAIT_ROUNDS):
+            admission = self._redis(lambda: self.gate.admit(event["id"], token, self.claim_ttl))
+            if admission.state != "wait":
+                return admission
+            self.sleep(min(admission.wait, RATE_MAX_WAIT) * self.rng.uniform(0.5, 1.0))
+        return admission
+
+    def _park(self, event: Event, due: float) -> None:
+        now = self.clock()
+        message = build_message([event], redelivered=True)
+        self._redis(lambda: self.store.schedule_retry(
+            event["id"], None, message, due, now, outcome="deferred"))
+        metrics.DEFERRED.inc()
+
     def record(self, event: Event, token: str | None, outcome: Outcome) -> str:
         """Store what ``outcome`` means for ``event``; returns the outcome name."""
         now = self.clock()
         tried = Event(**{**event, "attempts": int(event.get("attempts", 0)) + 1})
         decision = decide(tried, outcome, now, self.policy, self.rng)
         kind = tried["body"].get("type") or tried["kind"]
+        labels = (tried["kind"], kind, str(outcome.status or "none"))
+        signal, reason = _breaker_signal(outcome)
+
+        def breaker(pipe: Any) -> None:
+            self.gate.record(signal, token, reason, pipe)
+
+        metrics.HTTP_LATENCY.observe(outcome.elapsed)
         if isinstance(decision, Delivered):
-            self._redis(lambda: self.store.mark_delivered(
-                tried["id"], token, self.settings.dedupe_ttl, now))
+            results = self._redis(lambda: self.store.mark_delivered(
+                tried["id"], token, self.settings.dedupe_ttl, now, extra=breaker))
             log.info("delivered id=%s kind=%s status=%s attempts=%d ms=%.0f",
                      tried["id"], kind, outcome.status, tried["attempts"],
                      outcome.elapsed * 1000)
+            metrics.DELIVERED.labels(*labels).inc()
+            metrics.CAPTURE_TO_DELIVERY.observe(max(0.0, now - tried["first_seen"]))
+            self._log_breaker(results)
             return "delivered"
         if isinstance(decision, Retry):
             message = build_message([tried], redelivered=True)
-            self._redis(lambda: self.store.schedule_retry(
-                tried["id"], token, message, decision.due, now))
+            results = self._redis(lambda: self.store.schedule_retry(
+                tried["id"], token, message, decision.due, now, extra=breaker))
             level = logging.ERROR if outcome.verdict == "deployment" else logging.WARNING
             log.log(level, "retry id=%s kind=%s status=%s attempts=%d in=%.1fs %s: %s",
                     tried["id"], kind, outcome.status, tried["attempts"], decision.delay,
                     _hint(outcome), mask_email(outcome.detail[:200]))
+            metrics.RETRIED.labels(*labels).inc()
+            self._log_breaker(results)
             return "retried"
         assert isinstance(decision, DeadLetter)
         entry = dead_letter_entry(tried, outcome, decision.reason, now)
-        self._redis(lambda: self.store.dead_letter(entry, token, now))
+        results = self._redis(lambda: self.store.dead_letter(entry, token, now, extra=breaker))
         log.warning("dead-lettered id=%s kind=%s reason=%s status=%s attempts=%d: %s",
                     tried["id"], kind, decision.reason, outcome.status, tried["attempts"],
                     mask_email(outcome.detail[:200]))
+        metrics.DEAD_LETTERED.labels(*labels).inc()
+        self._log_breaker(results)
         return "dead_lettered"
+
+    def _log_breaker(self, results: list[Any]) -> None:
+        change = _text(results[-1]) if results else ""
+        if change == "opened":
+            state = self.gate.state()
+            log.error("circuit breaker OPEN (reason %s) for %.0f s: %s", state.reason,
+                      state.cooldown, state.hint)
+        elif change == "reopened":
+            state = self.gate.state()
+            log.error("circuit breaker probe failed; open for another %.0f s", state.cooldown)
+        elif change == "closed":
+            log.warning("circuit breaker closed: Distinct answers again; releasing the backlog")
 
     # --- helpers -------------------------------------------------------------
     def _dead_letter_malformed(self, raw: Any, problem: str) -> None:
@@ -160,6 +228,19 @@ class Deliverer:
                     raise Reject(f"redis unreachable: {type(exc).__name__}", requeue=True) from None
                 self.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+
+def _breaker_signal(outcome: Outcome) -> tuple[Signal, str]:
+    """What an outcome tells the circuit breaker about Distinct's health."""
+    if outcome.verdict in ("delivered", "rejected"):
+        return "ok", ""
+    if outcome.verdict == "deployment":
+        return "auth", "auth" if outcome.status in (401, 403) else "deployment"
+    return "fail", "transient"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _hint(outcome: Outcome) -> str:
