@@ -17,6 +17,7 @@ import random
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -91,6 +92,8 @@ class Sandbox:
         self.faults = faults or Faults()
         self.events: list[dict[str, Any]] = []
         self.stats: dict[str, int] = {}
+        #: (time, status) of the latest answers on Distinct's paths.
+        self.answers: deque[tuple[float, int]] = deque(maxlen=200_000)
         self.lock = threading.Lock()
         self.rng = random.Random(seed)
         self.record_file = open(record_path, "a", encoding="utf-8") if record_path else None  # noqa: SIM115
@@ -173,6 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _envelope(self, status: int, message: str, data: Any = None,
                   headers: dict[str, str] | None = None) -> None:
         self.sandbox.count(str(status))
+        self.sandbox.answers.append((time.time(), status))
         self._send(status, {"statusCode": status, "message": message, "data": data}, headers)
 
     def _read_body(self) -> bytes:

@@ -104,7 +104,7 @@ def test_dlq_replay_by_id_and_needs_a_selector(redis_url, namespace, store):
     assert result.exit_code == 0 and "Replayed 1" in result.output
     assert store.dlq_ids() == [ids[0]] and store.queue_depth() == 1
     unknown = _run(redis_url, namespace, "dlq", "replay", "d-404")
-    assert unknown.exit_code == 1 and "1 not found" in unknown.output
+    assert unknown.exit_code == 1 and "failed 1 (not found)" in unknown.output
 
 
 def test_status_json(redis_url, namespace, store):

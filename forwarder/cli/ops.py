@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import click
@@ -44,32 +45,36 @@ def worker(obj: Ctx, celery_args: tuple[str, ...]) -> None:
 
 # --- status, config -------------------------------------------------------------
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (per refresh).")
+@click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C.")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.2))
+@click.option("--no-ping", is_flag=True, help="Skip the Celery ping of live workers.")
 @pass_ctx
-def status(obj: Ctx, as_json: bool) -> None:
-    """Queue, retry-set and DLQ depths, and recent outcomes.
+def status(obj: Ctx, as_json: bool, watch: bool, interval: float, no_ping: bool) -> None:
+    """Queue, retry set, DLQ, breaker, recent outcomes, workers and Redis health.
 
     \b
-    Example:
-      distinct-forwarder status --json
+    Examples:
+      distinct-forwarder status
+      distinct-forwarder status --json | jq .breaker
+      distinct-forwarder status --watch
     """
+    from forwarder.status import collect, render
+
+    settings = obj.settings()
     store = obj.store()
-    now = time.time()
-    due = store.next_retry_due()
-    report = {
-        "namespace": store.namespace,
-        "queue": store.queue_depth(),
-        "retry": store.retry_depth(),
-        "retry_next_due_in": None if due is None else round(max(0.0, due - now), 1),
-        "dlq": store.dlq_depth(),
-        "last_minute": store.outcome_counts(now, 1),
-        "last_hour": store.outcome_counts(now, 60),
-    }
-    if as_json:
-        click.echo(json.dumps(report))
-        return
-    for name, value in report.items():
-        click.echo(f"{name:18} {value}")
+    color = sys.stdout.isatty()
+    while True:
+        report = collect(settings, store, ping=not no_ping)
+        if as_json:
+            click.echo(json.dumps(report))
+        else:
+            if watch and color:
+                click.clear()
+            click.echo(render(report, color=color))
+        if not watch:
+            return
+        time.sleep(interval)
 
 
 @cli.command("config")

@@ -1,0 +1,125 @@
+"""What ``distinct-forwarder status`` reports, gathered from Redis (and Celery ping)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+
+from forwarder.config import Settings
+from forwarder.gate import Gate
+from forwarder.messages import events_in_message
+from forwarder.store import Store
+
+DAY = 86400.0
+
+
+def _first_seen(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        return min(float(e["first_seen"]) for e in events_in_message(raw))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def live_workers(settings: Settings, timeout: float = 1.0) -> list[str] | None:
+    """Names of workers answering a Celery ping, or None if it could not run."""
+    try:
+        from workers.app import create_app
+
+        app = create_app(settings)
+        replies = app.control.ping(timeout=timeout) or []
+    except Exception:
+        return None
+    return sorted(name for reply in replies for name in reply)
+
+
+def redis_health(client: redis.Redis) -> dict[str, Any]:
+    try:
+        info = client.info("memory")
+    except redis.RedisError:
+        return {"used_memory": None, "maxmemory": None, "eviction_policy": None,
+                "warning": "could not read INFO memory"}
+    policy = info.get("maxmemory_policy")
+    warning = None
+    if policy != "noeviction":
+        warning = (f"maxmemory-policy is {policy!r}: Redis may evict queue keys under "
+                   "memory pressure; set it to noeviction")
+    return {"used_memory": info.get("used_memory_human"),
+            "maxmemory": info.get("maxmemory_human"), "eviction_policy": policy,
+            "warning": warning}
+
+
+def collect(settings: Settings, store: Store, ping: bool = True) -> dict[str, Any]:
+    now = time.time()
+    due = store.next_retry_due()
+    breaker = Gate(store.client, store.namespace).state()
+    oldest = [t for t in (_first_seen(store.oldest_queued()), _first_seen(store.first_retry()))
+              if t is not None]
+    workers = live_workers(settings) if ping else None
+    return {
+        "namespace": store.namespace,
+        "queue": store.queue_depth(),
+        "retry": store.retry_depth(),
+        "retry_next_due_in": None if due is None else round(max(0.0, due - now), 1),
+        "oldest_waiting_age": round(now - min(oldest), 1) if oldest else None,
+        "dlq": store.dlq_depth(),
+        "dlq_by_reason": store.dlq_depth_by_reason(),
+        "dlq_expiring_24h": store.dlq_expiring(now, settings.dlq_ttl, DAY),
+        "breaker": {
+            "state": breaker.state,
+            "reason": breaker.reason or None,
+            "open_for": None if breaker.open_until is None
+            else round(max(0.0, breaker.open_until - now), 1),
+            "hint": breaker.hint or None,
+            "times_opened": breaker.opened_count,
+        },
+        "last_minute": store.outcome_counts(now, 1),
+        "last_hour": store.outcome_counts(now, 60),
+        "workers": workers,
+        "rate_limit": settings.rate_limit,
+        "redis": redis_health(store.client),
+    }
+
+
+def render(report: dict[str, Any], color: bool = False) -> str:
+    """The report as aligned text lines for a person."""
+    def warn(text: str) -> str:
+        return f"\x1b[33m{text}\x1b[0m" if color else text
+
+    b = report["breaker"]
+    breaker = b["state"] if b["state"] == "closed" else warn(
+        f"OPEN ({b['reason']}) for {b['open_for']} s more: {b['hint']}")
+    oldest = report["oldest_waiting_age"]
+    due = report["retry_next_due_in"]
+    workers = report["workers"]
+    redis_info = report["redis"]
+    lines = [
+        ("namespace", report["namespace"]),
+        ("queue", report["queue"]),
+        ("retry set", f"{report['retry']}" + (f" (next due in {due} s)" if due is not None
+                                                else "")),
+        ("oldest waiting", "-" if oldest is None else f"{oldest} s"),
+        ("dead letters", f"{report['dlq']} {report['dlq_by_reason'] or ''}".rstrip()
+         + (f", {report['dlq_expiring_24h']} expire within 24 h"
+            if report["dlq_expiring_24h"] else "")),
+        ("breaker", breaker),
+        ("last minute", _outcomes(report["last_minute"])),
+        ("last hour", _outcomes(report["last_hour"])),
+        ("live workers", "not checked" if workers is None else
+         (f"{len(workers)}: {', '.join(workers)}" if workers else warn("none answered"))),
+        ("rate limit", f"{report['rate_limit']:g}/s" if report["rate_limit"] else "none"),
+        ("redis memory", f"{redis_info['used_memory']} used, max "
+         f"{redis_info['maxmemory'] or 'unset'}, policy {redis_info['eviction_policy']}"),
+    ]
+    text = [f"{name:15} {value}" for name, value in lines]
+    if redis_info["warning"]:
+        text.append(warn(f"WARNING: {redis_info['warning']}"))
+    return "\n".join(text)
+
+
+def _outcomes(counts: dict[str, int]) -> str:
+    return (f"{counts.get('delivered', 0)} delivered, {counts.get('retried', 0)} retried, "
+            f"{counts.get('dead_lettered', 0)} dead-lettered")
