@@ -17,7 +17,8 @@ RETRY_SET = "retry"
 DLQ_ENTRIES = "dlq"
 #: Sorted set: event id scored by the time it was dead-lettered.
 DLQ_INDEX = "dlq:index"
-#: String per delivered event id, kept for the dedupe window.
+#: One set per hour of delivered event ids (16-byte UUIDs), ``delivered:{hour}``,
+#: kept for the dedupe window plus the rest of its hour.
 DELIVERED_PREFIX = "delivered:"
 #: String per event id while one worker holds the right to POST it.
 INFLIGHT_PREFIX = "inflight:"
@@ -35,6 +36,9 @@ RATE = "rate"
 DLQ_REASON_PREFIX = "dlq:reason:"
 #: Hash of per-minute outcome counters: ``stats:{minute}`` -> {outcome: n}.
 STATS_PREFIX = "stats:"
+#: String per spool claim batch pushed to the queue, so that a batch retaken
+#: after a producer crashed between push and delete is not queued twice.
+SPOOLED_PREFIX = "spooled:"
 
 
 def key(namespace: str, name: str) -> str:
@@ -72,6 +76,11 @@ DEFAULT_MAX_AGE = 72 * 3600.0
 DEFAULT_DEDUPE_TTL = 24 * 3600.0
 #: Producers give up on Redis after this long (seconds) and raise.
 DEFAULT_ENQUEUE_TIMEOUT = 0.25
+#: The local spool's size limit (MiB); past it capture() raises SpoolFull.
+DEFAULT_SPOOL_MAX_MB = 512.0
+#: SIGTERM: running deliveries get this long to finish before the worker
+#: hands back what it holds and exits.
+DEFAULT_SHUTDOWN_TIMEOUT = 15.0
 #: Threads per worker process: delivery is network-bound, not CPU-bound.
 DEFAULT_CONCURRENCY = 16
 #: A task hands back what it has not sent after this long, so that no task
@@ -110,3 +119,12 @@ RATE_MAX_WAIT = 1.0
 DEFAULT_DLQ_TTL = 30 * 86400.0
 #: Events per Celery message from capture_many().
 MESSAGE_BATCH = 100
+#: HTTP relay: the largest request body it reads (Distinct bodies are < 10 KiB).
+RELAY_MAX_BODY = 64 * 1024
+#: HTTP relay: loopback by default, so exposing it is a deliberate choice.
+DEFAULT_RELAY_BIND = "127.0.0.1:8080"
+#: HTTP relay: gunicorn processes, and threads in each (requests wait on Redis, not CPU).
+DEFAULT_RELAY_WORKERS = 2
+DEFAULT_RELAY_THREADS = 4
+#: HTTP relay: a key shorter than this is refused, as guessable.
+RELAY_KEY_MIN_LENGTH = 16

@@ -21,6 +21,7 @@ so workers on hosts with skewed clocks agree on the breaker and the rate.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,16 +34,28 @@ AdmitState = Literal["delivered", "busy", "open", "wait", "claimed"]
 #: failure. auth: 401/403 or another deployment problem.
 Signal = Literal["ok", "fail", "auth"]
 
-_NOW = """
+NOW_LUA = """
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """
 
-# KEYS: delivered:id, inflight:id, breaker, probe, rate
-# ARGV: token, claim_ttl_ms, rate_per_s (0 = none), max_wait_s
-_ADMIT_LUA = _NOW + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'delivered'} end
+# Dedupe memory: one set per hour of delivered ids. A member is looked for in
+# every hour the window touches, so the window is dedupe_ttl to dedupe_ttl + 1 h.
+DELIVERED_FN = """
+local function was_delivered(prefix, member, now, ttl)
+  local hour = math.floor(now / 3600)
+  for h = hour - math.ceil(ttl / 3600), hour do
+    if redis.call('SISMEMBER', prefix .. h, member) == 1 then return true end
+  end
+  return false
+end
+"""
+
+# KEYS: delivered prefix, inflight:id, breaker, probe, rate
+# ARGV: token, claim_ttl_ms, rate_per_s (0 = none), max_wait_s, member, dedupe_ttl
+_ADMIT_LUA = NOW_LUA + DELIVERED_FN + """
+if was_delivered(KEYS[1], ARGV[5], now, tonumber(ARGV[6])) then return {'delivered'} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'busy'} end
 local probe = 0
 if redis.call('HGET', KEYS[3], 'state') == 'open' then
@@ -70,11 +83,37 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', tonumber(ARGV[2]))
 return {'claimed', tostring(wait), probe}
 """
 
+# KEYS: delivered prefix; ARGV: member, dedupe_ttl
+MARK_DELIVERED_LUA = NOW_LUA + """
+local hour = math.floor(now / 3600)
+redis.call('SADD', KEYS[1] .. hour, ARGV[1])
+redis.call('EXPIREAT', KEYS[1] .. hour, (hour + 1) * 3600 + math.ceil(tonumber(ARGV[2])))
+return 1
+"""
+
+# KEYS: delivered prefix; ARGV: member, dedupe_ttl
+IS_DELIVERED_LUA = NOW_LUA + DELIVERED_FN + """
+if was_delivered(KEYS[1], ARGV[1], now, tonumber(ARGV[2])) then return 1 end
+return 0
+"""
+
+
+def dedupe_member(event_id: str) -> bytes:
+    """The compact form of an id in the dedupe sets: 16 bytes for a UUID."""
+    try:
+        parsed = uuid.UUID(event_id)
+    except ValueError:
+        return b"s:" + event_id.encode("utf-8", "surrogatepass")
+    if str(parsed) != event_id:
+        return b"s:" + event_id.encode("utf-8", "surrogatepass")
+    return parsed.bytes
+
+
 # KEYS: breaker, probe, window prefix
 # ARGV: signal, token, consecutive_limit, min_requests, ratio, window_s,
 #       cooldown_min, cooldown_max, reason
 # Returns 'opened', 'reopened', 'closed' or ''.
-_RECORD_LUA = _NOW + """
+_RECORD_LUA = NOW_LUA + """
 local signal = ARGV[1]
 local bucket_size = tonumber(ARGV[6]) / 10
 local bucket = math.floor(now / bucket_size)
@@ -132,7 +171,7 @@ return ''
 # is released in steps; then the full batch.
 # KEYS: retry, queue, breaker, probe, released-marker
 # ARGV: now (worker clock, compared with due scores), limit, ramp_start, ramp_step_s
-PROMOTE_LUA = _NOW + """
+PROMOTE_LUA = NOW_LUA + """
 local limit = tonumber(ARGV[2])
 local breaker = redis.call('HMGET', KEYS[3], 'state', 'open_until', 'closed_at')
 if breaker[1] == 'open' then
@@ -199,8 +238,9 @@ class Gate:
     """Dedupe, in-flight claims, circuit breaker and rate limit for one namespace."""
 
     def __init__(self, client: redis.Redis, namespace: str, policy: BreakerPolicy | None = None,
-                 rate_limit: float | None = None):
+                 rate_limit: float | None = None, dedupe_ttl: float = C.DEFAULT_DEDUPE_TTL):
         self.client = client
+        self.dedupe_ttl = dedupe_ttl
         self.policy = policy or BreakerPolicy()
         self.rate_limit = rate_limit or 0.0
         k = lambda name: C.key(namespace, name)  # noqa: E731
@@ -216,9 +256,10 @@ class Gate:
 
     def admit(self, event_id: str, token: str, claim_ttl: float) -> Admission:
         reply = self._admit(
-            keys=[self.delivered_prefix + event_id, self.inflight_prefix + event_id,
+            keys=[self.delivered_prefix, self.inflight_prefix + event_id,
                   self.breaker_key, self.probe_key, self.rate_key],
-            args=[token, max(1, int(claim_ttl * 1000)), self.rate_limit, C.RATE_MAX_WAIT],
+            args=[token, max(1, int(claim_ttl * 1000)), self.rate_limit, C.RATE_MAX_WAIT,
+                  dedupe_member(event_id), self.dedupe_ttl],
         )
         state = _text(reply[0])
         if state == "open":

@@ -20,7 +20,14 @@ from redis.retry import Retry
 
 from forwarder import constants as C
 from forwarder.config import mask_url
-from forwarder.gate import PROMOTE_LUA
+from forwarder.gate import (
+    DELIVERED_FN,
+    IS_DELIVERED_LUA,
+    MARK_DELIVERED_LUA,
+    NOW_LUA,
+    PROMOTE_LUA,
+    dedupe_member,
+)
 
 ReplayState = Literal["replayed", "skipped", "missing"]
 #: Adds commands to an outcome's transaction (the breaker's update).
@@ -51,13 +58,15 @@ end
 # delivered meanwhile is dropped as 'skipped'; otherwise its message is pushed
 # and only then the entry removed, in the same atomic step.
 # KEYS: dlq hash, dlq index, reason prefix, queue, delivered prefix
-_REPLAY_LUA = _DLQ_REMOVE_FN + """
+# ARGV: dedupe_ttl, then (id, dedupe member, message) triples
+_REPLAY_LUA = NOW_LUA + DELIVERED_FN + _DLQ_REMOVE_FN + """
 local out = {}
-for i = 1, #ARGV, 2 do
-  local id, msg = ARGV[i], ARGV[i + 1]
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV, 3 do
+  local id, member, msg = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if redis.call('HEXISTS', KEYS[1], id) == 0 then
     table.insert(out, 'missing')
-  elseif redis.call('EXISTS', KEYS[5] .. id) == 1 then
+  elseif was_delivered(KEYS[5], member, now, ttl) then
     remove(id)
     table.insert(out, 'skipped')
   else
@@ -89,15 +98,35 @@ DLQ_REASONS = ("rejected", "exhausted", "expired", "malformed")
 
 
 def connect(redis_url: str, *, timeout: float | None = None, retries: int = 1) -> redis.Redis:
-    """A Redis client; ``timeout`` bounds connect and every command."""
-    return redis.Redis.from_url(
-        redis_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), retries),
-        health_check_interval=30,
-        client_name="distinct-forwarder",
-    )
+    """A Redis client; ``timeout`` bounds connect and every command.
+
+    ``redis://``, ``unix://`` and ``rediss://`` (TLS; ``ssl_cert_reqs``,
+    ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` query parameters pass
+    through to redis-py) go to redis-py as they are. ``sentinel://h1,h2/master/db``
+    asks the sentinels for the current master on each (re)connection, so a
+    failover needs no new configuration.
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        # A retry after a connection error also re-asks the sentinels.
+        "retry": Retry(NoBackoff(), retries),
+        "health_check_interval": 30,
+        "client_name": "distinct-forwarder",
+    }
+    if redis_url.startswith("sentinel://"):
+        from redis.sentinel import Sentinel
+
+        from forwarder.config import parse_sentinel_url
+
+        target = parse_sentinel_url(redis_url)
+        sentinels = Sentinel(
+            list(target.hosts),
+            sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+        )
+        return sentinels.master_for(target.master, db=target.db, username=target.username,
+                                    password=target.password, **options)
+    return redis.Redis.from_url(redis_url, **options)
 
 
 def redis_error_text(exc: Exception, redis_url: str) -> str:
@@ -125,9 +154,11 @@ def _minute(now: float) -> int:
 class Store:
     """The forwarder's Redis state for one namespace."""
 
-    def __init__(self, client: redis.Redis, namespace: str):
+    def __init__(self, client: redis.Redis, namespace: str,
+                 dedupe_ttl: float = C.DEFAULT_DEDUPE_TTL):
         self.client = client
         self.namespace = namespace
+        self.dedupe_ttl = dedupe_ttl
         k = lambda name: C.key(namespace, name)  # noqa: E731
         self.queue_key = k(C.QUEUE)
         self.retry_key = k(C.RETRY_SET)
@@ -141,6 +172,8 @@ class Store:
         self._dlq_keys = [self.dlq_key, self.dlq_index_key, self.dlq_reason_prefix]
         self._promote = client.register_script(PROMOTE_LUA)
         self._release = client.register_script(_RELEASE_LUA)
+        self._mark_delivered = client.register_script(MARK_DELIVERED_LUA)
+        self._is_delivered = client.register_script(IS_DELIVERED_LUA)
         self._replay = client.register_script(_REPLAY_LUA)
         self._dlq_delete = client.register_script(_DLQ_DELETE_LUA)
         self._dlq_expire = client.register_script(_DLQ_EXPIRE_LUA)
@@ -197,7 +230,8 @@ class Store:
     def mark_delivered(self, event_id: str, token: str | None, ttl: float, now: float,
                        extra: Extra | None = None) -> list[Any]:
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(self.delivered_prefix + event_id, int(now), ex=max(1, int(ttl)))
+            self._mark_delivered(keys=[self.delivered_prefix],
+                                 args=[dedupe_member(event_id), ttl], client=pipe)
             self._finish(event_id, token, "delivered", now, pipe, extra)
             return list(pipe.execute())
 
@@ -219,7 +253,9 @@ class Store:
             return list(pipe.execute())
 
     def is_delivered(self, event_id: str) -> bool:
-        return bool(self.client.exists(self.delivered_prefix + event_id))
+        """Whether Distinct accepted this id within the dedupe window."""
+        return bool(self._is_delivered(keys=[self.delivered_prefix],
+                                       args=[dedupe_member(event_id), self.dedupe_ttl]))
 
     # --- dead-letter queue ---------------------------------------------------
     def dlq_depth(self) -> int:
@@ -274,7 +310,9 @@ class Store:
         """Push each (id, message) back to the queue and drop its entry, atomically."""
         if not pairs:
             return []
-        args = [x for pair in pairs for x in pair]
+        args: list[Any] = [self.dedupe_ttl]
+        for event_id, message in pairs:
+            args += [event_id, dedupe_member(event_id), message]
         states = self._replay(keys=[*self._dlq_keys, self.queue_key, self.delivered_prefix],
                               args=args)
         return [cast(ReplayState, _text(s)) for s in states]

@@ -63,7 +63,7 @@ class Deliverer:
     ):
         self.settings = settings
         self.store = store or Store(connect(settings.redis_url, timeout=10.0, retries=2),
-                                    settings.namespace)
+                                    settings.namespace, dedupe_ttl=settings.dedupe_ttl)
         self.client = client or DistinctClient(settings, pool_size=max(4, settings.concurrency))
         self.policy = BackoffPolicy.from_settings(settings)
         self.clock = clock
@@ -81,6 +81,7 @@ class Deliverer:
                 cooldown_max=settings.breaker_cooldown_max,
             ),
             rate_limit=settings.rate_limit,
+            dedupe_ttl=settings.dedupe_ttl,
         )
 
     # --- one message -----------------------------------------------------------

@@ -28,7 +28,7 @@ class Ctx:
 
     def store(self) -> Store:
         s = self.settings()
-        return Store(connect(s.redis_url, timeout=5.0), s.namespace)
+        return Store(connect(s.redis_url, timeout=5.0), s.namespace, dedupe_ttl=s.dedupe_ttl)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
