@@ -17,9 +17,10 @@ from urllib.parse import urlsplit, urlunsplit
 from forwarder import constants as C
 from forwarder.errors import ConfigError
 
-SLUG_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-NAMESPACE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+SLUG_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_QUERY_PASSWORD_RE = re.compile(r"((?:^|[?&])password=)[^&#]*")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
@@ -42,12 +43,15 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
+    # redis-py also takes the password as a query parameter.
+    url = _QUERY_PASSWORD_RE.sub(r"\1***", url)
+    parts = parts._replace(query=_QUERY_PASSWORD_RE.sub(r"\1***", parts.query))
     if parts.password is None:
         return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    # Everything after the '@' as written: also right for a sentinel:// list
+    # of hosts, where ``parts.port`` cannot be parsed.
+    host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
@@ -58,6 +62,44 @@ def mask_secret(value: str | None) -> str:
     if len(value) <= 8:
         return "***"
     return f"{value[:2]}***{value[-2:]}"
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """``sentinel://[[user]:password@]host:26379[,host:26379...]/master[/db]``, parsed."""
+
+    hosts: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    username: str | None = None
+    #: The master's password; the sentinels themselves are asked without one.
+    password: str | None = None
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """One REDIS_URL naming a Sentinel-monitored master, read by redis-py and kombu alike."""
+    shown = mask_url(url)
+    parts = urlsplit(url)
+    if parts.scheme != "sentinel":
+        raise ValueError(f"{shown!r} is not a sentinel:// URL")
+    hosts = []
+    for item in parts.netloc.rpartition("@")[2].split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:  # no port given
+            host, port = port, ""
+        if not host or (port and not port.isdigit()) or not 0 < int(port or 26379) < 65536:
+            raise ValueError(f"{shown!r}: sentinel {item!r} must be host or host:port")
+        hosts.append((host.strip("[]"), int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(
+            f"{shown!r}: the path must be /MASTER_NAME or /MASTER_NAME/DB "
+            "(sentinel://host1:26379,host2:26379/mymaster/0)"
+        )
+    return SentinelURL(
+        hosts=tuple(hosts), master=path[0], db=int(path[1]) if len(path) == 2 else 0,
+        username=parts.username or None, password=parts.password,
+    )
 
 
 @dataclass(frozen=True)
@@ -78,6 +120,10 @@ class Settings:
     max_age: float = C.DEFAULT_MAX_AGE
     dedupe_ttl: float = C.DEFAULT_DEDUPE_TTL
     enqueue_timeout: float = C.DEFAULT_ENQUEUE_TIMEOUT
+    #: None: the per-user default (see forwarder.spool); "off": no spool.
+    spool_path: str | None = None
+    spool_max_mb: float = C.DEFAULT_SPOOL_MAX_MB
+    shutdown_timeout: float = C.DEFAULT_SHUTDOWN_TIMEOUT
     concurrency: int = C.DEFAULT_CONCURRENCY
     log_format: str = "text"
     # --- operating at scale: breaker, rate limit, DLQ retention, metrics ---
@@ -90,6 +136,8 @@ class Settings:
     rate_limit: float | None = None
     dlq_ttl: float = C.DEFAULT_DLQ_TTL
     metrics_port: int | None = None
+    #: HTTP relay: the x-distinct-api-key values it accepts (several, for rotation).
+    relay_keys: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -121,6 +169,9 @@ class Settings:
         take("FORWARDER_MAX_AGE", "max_age", parse_duration)
         take("FORWARDER_DEDUPE_TTL", "dedupe_ttl", parse_duration)
         take("FORWARDER_ENQUEUE_TIMEOUT", "enqueue_timeout", parse_duration)
+        take("FORWARDER_SPOOL_PATH", "spool_path", str)
+        take("FORWARDER_SPOOL_MAX_MB", "spool_max_mb", _parse_float)
+        take("FORWARDER_SHUTDOWN_TIMEOUT", "shutdown_timeout", parse_duration)
         take("FORWARDER_CONCURRENCY", "concurrency", _parse_int)
         take("FORWARDER_LOG_FORMAT", "log_format", str)
         take("FORWARDER_BREAKER_CONSECUTIVE", "breaker_consecutive", _parse_int)
@@ -132,6 +183,7 @@ class Settings:
         take("FORWARDER_RATE_LIMIT", "rate_limit", _parse_float)
         take("FORWARDER_DLQ_TTL", "dlq_ttl", parse_duration)
         take("FORWARDER_METRICS_PORT", "metrics_port", _parse_int)
+        take("FORWARDER_RELAY_KEYS", "relay_keys", _parse_keys)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if problems:
             # Report conversion problems together with rule problems below.
@@ -152,11 +204,18 @@ class Settings:
             problems.append(
                 f"DISTINCT_API_URL: {self.api_url!r} must be an http(s) URL with a host"
             )
-        if urlsplit(self.redis_url).scheme not in {"redis", "rediss", "unix"}:
+        if urlsplit(self.redis_url).scheme not in {"redis", "rediss", "unix", "sentinel"}:
             problems.append(
                 f"REDIS_URL: {mask_url(self.redis_url)!r} must start with redis://, "
-                "rediss:// or unix://"
+                "rediss://, unix:// or sentinel://"
             )
+        elif self.redis_url.startswith("sentinel://"):
+            try:
+                parse_sentinel_url(self.redis_url)
+            except ValueError as exc:
+                problems.append(f"REDIS_URL: {exc}")
+        elif re.search(r"[?&]ssl_cert_reqs=(?!(none|optional|required)(&|$))", self.redis_url):
+            problems.append("REDIS_URL: ssl_cert_reqs must be none, optional or required")
         if self.experience is not None and not is_valid_slug(self.experience):
             problems.append(
                 f"DISTINCT_EXPERIENCE: {self.experience!r} must match [A-Za-z0-9._-]{{1,128}}"
@@ -173,6 +232,8 @@ class Settings:
             "FORWARDER_MAX_AGE": self.max_age,
             "FORWARDER_DEDUPE_TTL": self.dedupe_ttl,
             "FORWARDER_ENQUEUE_TIMEOUT": self.enqueue_timeout,
+            "FORWARDER_SPOOL_MAX_MB": self.spool_max_mb,
+            "FORWARDER_SHUTDOWN_TIMEOUT": self.shutdown_timeout,
         }
         problems += [f"{var}: must be greater than 0" for var, v in positive.items() if v <= 0]
         if self.retry_after_cap < 0:
@@ -192,6 +253,7 @@ class Settings:
                 "task is never handed to a second worker"
             )
         problems += self._scale_problems()
+        problems += _relay_key_problems(self.relay_keys)
         if self.log_format not in {"text", "json"}:
             problems.append(f"FORWARDER_LOG_FORMAT: {self.log_format!r} must be text or json")
         if problems:
@@ -237,12 +299,27 @@ class Settings:
         shown = asdict(self)
         shown["api_key"] = mask_secret(self.api_key)
         shown["redis_url"] = mask_url(self.redis_url)
+        shown["relay_keys"] = [mask_secret(k) for k in self.relay_keys]
         return shown
 
     def __repr__(self) -> str:
         # Never let a traceback or a debug log print the key or the password.
         inner = ", ".join(f"{f.name}={self.masked()[f.name]!r}" for f in fields(self))
         return f"Settings({inner})"
+
+
+def _parse_keys(text: str) -> tuple[str, ...]:
+    """Comma-separated keys; blanks around commas are not part of a key."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _relay_key_problems(keys: tuple[str, ...]) -> list[str]:
+    # Never name the key itself: the problem list is printed and logged.
+    short = [i for i, k in enumerate(keys, 1) if len(k) < C.RELAY_KEY_MIN_LENGTH]
+    return [
+        f"FORWARDER_RELAY_KEYS: key #{i} is shorter than {C.RELAY_KEY_MIN_LENGTH} characters"
+        for i in short
+    ]
 
 
 def _parse_float(text: str) -> float:

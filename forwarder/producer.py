@@ -13,25 +13,28 @@ from typing import Any
 
 import redis
 from marshmallow import Schema, ValidationError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from forwarder.config import Settings, is_valid_slug
 from forwarder.constants import MESSAGE_BATCH
-from forwarder.errors import ConfigError, EnqueueError, InvalidEvent
+from forwarder.errors import ConfigError, InvalidEvent
 from forwarder.messages import Event, Kind, build_message, event_id_for
 from forwarder.schemas import CAPTURE_SCHEMA, USER_ANALYTICS_SCHEMA
-from forwarder.store import Store, connect, redis_error_text
+from forwarder.spool import Spool, SpoolingEnqueuer
+from forwarder.store import Store, connect
 
 _SCHEMAS: dict[Kind, Schema] = {"capture": CAPTURE_SCHEMA, "user_analytics": USER_ANALYTICS_SCHEMA}
 
 
-def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+def _flatten(messages: Any, prefix: str | None = None) -> dict[str, list[str]]:
     """marshmallow's nested error dict as ``{"field": [messages]}``."""
     if isinstance(messages, list):
-        return {prefix or "_event": [str(m) for m in messages]}
+        return {"_event" if prefix is None else prefix: [str(m) for m in messages]}
     flat: dict[str, list[str]] = {}
     for name, inner in messages.items():
         field = "_event" if name == "_schema" else str(name)
-        flat.update(_flatten(inner, f"{prefix}.{field}" if prefix else field))
+        flat.update(_flatten(inner, field if prefix is None else f"{prefix}.{field}"))
     return flat
 
 
@@ -79,7 +82,14 @@ class Forwarder:
         self._client = client or connect(
             self.settings.redis_url, timeout=self.settings.enqueue_timeout
         )
+        if client is None:
+            # Retry a broken pooled connection once (fast), never a timeout:
+            # a second timeout would double capture()'s worst case.
+            self._client.set_retry(Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
         self.store = Store(self._client, self.settings.namespace)
+        # Redis down or slow: the event goes to the local spool instead.
+        self.spool = Spool.for_settings(self.settings)
+        self._enqueuer = SpoolingEnqueuer(self.store, self.spool, self.settings.redis_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Forwarder:
@@ -182,10 +192,8 @@ class Forwarder:
         return [e["id"] for e in events]
 
     def _push(self, messages: list[str]) -> None:
-        try:
-            self.store.enqueue(messages)
-        except redis.RedisError as exc:
-            raise EnqueueError(redis_error_text(exc, self.settings.redis_url)) from None
+        # LPUSH; on failure (and for a short back-off after one) the spool.
+        self._enqueuer.push(messages)
 
 
 _default: Forwarder | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,7 +27,7 @@ from marshmallow import (
 MAX_TEXT = 512
 MAX_EMAIL = 254
 MAX_METADATA_BYTES = 8 * 1024
-PHONE_RE = re.compile(r"^\+[1-9][0-9]{1,14}$")
+PHONE_RE = re.compile(r"^\+[1-9][0-9]{1,14}\Z")
 
 REGISTRATION_PAGE_VISIT = "REGISTRATION_PAGE_VISIT"
 PHOTO_TYPES = ("PHOTO_ASSIGNED_TO_USER", "PHOTO_DOWNLOADED_BY_USER", "PHOTO_VIEWED_BY_USER")
@@ -43,8 +44,10 @@ ALL_IDENTITY_FIELDS = ("email", "sessionId", "registrationPageValue")
 
 def format_timestamp(moment: datetime) -> str:
     """UTC, millisecond precision, ``Z`` suffix: the form Distinct expects."""
-    utc = moment.astimezone(timezone.utc)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    u = moment.astimezone(timezone.utc)
+    # Not strftime: its %Y drops leading zeros of years before 1000 on glibc.
+    return (f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:"
+            f"{u.second:02d}.{u.microsecond // 1000:03d}Z")
 
 
 class Text(fields.String):
@@ -130,7 +133,9 @@ class JsonObject(fields.Field):
         if not isinstance(value, dict):
             raise ValidationError("Must be a JSON object.")
         try:
-            encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
+            # ensure_ascii=False: measure what is sent, UTF-8, not \u escapes.
+            encoded = json.dumps(value, allow_nan=False, separators=(",", ":"),
+                                 ensure_ascii=False)
         except (TypeError, ValueError, RecursionError) as exc:
             raise ValidationError(
                 f"Must hold only JSON values (no NaN, Infinity or {type(exc).__name__})."
@@ -170,7 +175,7 @@ class CaptureEvent(_BodySchema):
     @validates_schema(pass_original=True, skip_on_field_errors=False)
     def _identity_by_type(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:
         event_type = data.get("type")
-        if event_type not in IDENTITY_FIELDS or not isinstance(original, dict):
+        if event_type not in IDENTITY_FIELDS or not isinstance(original, Mapping):
             return
         needed = IDENTITY_FIELDS[event_type]
         errors: dict[str, list[str]] = {}
@@ -203,7 +208,7 @@ class UserAnalyticsEvent(_BodySchema):
 
     @validates_schema(pass_original=True, skip_on_field_errors=False)
     def _some_identity(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:
-        if not isinstance(original, dict):
+        if not isinstance(original, Mapping):
             return
         if all(original.get(name) is None for name in ("userId", "email", "phone")):
             raise ValidationError(
