@@ -63,7 +63,8 @@ class Bench:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("FORWARDER_", "DISTINCT_"))}
         env.update(REDIS_URL=self.redis_url, FORWARDER_NAMESPACE=self.namespace,
-                   DISTINCT_API_URL=self.sandbox.url, DISTINCT_API_KEY=API_KEY, **extra)
+                   DISTINCT_API_URL=self.sandbox.url, DISTINCT_API_KEY=API_KEY)
+        env.update(extra)
         return env
 
     def start_worker(self, *args: str, **env: str) -> subprocess.Popen[bytes]:

@@ -53,51 +53,39 @@ def describe(events: list[Event]) -> str:
     return f"[{', '.join(labels)}{more}]"
 
 
-_ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+_ORIGIN_JSON = json.dumps(f"{os.getpid()}@{socket.gethostname()}")
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 def build_message(events: list[Event], *, redelivered: bool = False) -> str:
-    """The JSON kombu stores in the queue list for one ``distinct.deliver`` task."""
+    """The JSON kombu stores in the queue list for one ``distinct.deliver`` task.
+
+    Written as a template rather than one json.dumps of a nested dict: this
+    runs inside every capture(), and only the ids, the body and argsrepr vary.
+    tests/test_producer.py checks the result against kombu's own format.
+    """
     task_id = str(uuid.uuid4())
-    body = json.dumps([[events], {}, _EMBED], separators=(",", ":"), allow_nan=False)
-    argsrepr = describe(events)
-    message = {
-        "body": base64.b64encode(body.encode("utf-8")).decode("ascii"),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {
-            "lang": "py",
-            "task": TASK_NAME,
-            "id": task_id,
-            "shadow": None,
-            "eta": None,
-            "expires": None,
-            "group": None,
-            "group_index": None,
-            "retries": 0,
-            "timelimit": [None, None],
-            "root_id": task_id,
-            "parent_id": None,
-            "argsrepr": argsrepr,
-            "kwargsrepr": "{}",
-            "origin": _ORIGIN,
-            "ignore_result": True,
-            "redelivered": redelivered,
-        },
-        "properties": {
-            "correlation_id": task_id,
-            "reply_to": "",
-            "delivery_mode": 2,
-            # The default exchange routes by queue name; kombu's restore of an
-            # unacknowledged message relies on this pair.
-            "delivery_info": {"exchange": "", "routing_key": QUEUE},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }
-    return json.dumps(message, separators=(",", ":"))
+    body = _dumps([[events], {}, _EMBED])
+    return "".join((
+        '{"body":"', base64.b64encode(body.encode("utf-8")).decode("ascii"),
+        '","content-encoding":"utf-8","content-type":"application/json",'
+        '"headers":{"lang":"py","task":"', TASK_NAME, '","id":"', task_id,
+        '","shadow":null,"eta":null,"expires":null,"group":null,"group_index":null,'
+        '"retries":0,"timelimit":[null,null],"root_id":"', task_id,
+        '","parent_id":null,"argsrepr":', _dumps(describe(events)),
+        ',"kwargsrepr":"{}","origin":', _ORIGIN_JSON,
+        ',"ignore_result":true,"redelivered":', "true" if redelivered else "false",
+        '},"properties":{"correlation_id":"', task_id,
+        # The default exchange routes by queue name; kombu's restore of an
+        # unacknowledged message relies on this pair.
+        '","reply_to":"","delivery_mode":2,"delivery_info":{"exchange":"","routing_key":"',
+        QUEUE, '"},"priority":0,"body_encoding":"base64","delivery_tag":"',
+        uuid.uuid4().hex, '"}}',
+    ))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 def events_in_message(raw: str | bytes) -> list[Event]:

@@ -19,6 +19,7 @@ from redis.retry import Retry
 from forwarder.config import Settings, is_valid_slug
 from forwarder.constants import MESSAGE_BATCH
 from forwarder.errors import ConfigError, InvalidEvent
+from forwarder.fastpath import fast_body
 from forwarder.messages import Event, Kind, build_message, event_id_for
 from forwarder.schemas import CAPTURE_SCHEMA, USER_ANALYTICS_SCHEMA
 from forwarder.spool import Spool, SpoolingEnqueuer
@@ -47,10 +48,14 @@ def validate_event(
     if not isinstance(data, Mapping):
         errors["_event"] = [f"Must be a JSON object, not {type(data).__name__}."]
     else:
-        try:
-            body = _SCHEMAS[kind].load(data)
-        except ValidationError as exc:
-            errors.update(_flatten(exc.messages))
+        fast = fast_body(kind, data)
+        if fast is not None:
+            body = fast
+        else:
+            try:
+                body = _SCHEMAS[kind].load(data)
+            except ValidationError as exc:
+                errors.update(_flatten(exc.messages))
     if kind == "capture":
         if experience is None:
             errors["experience"] = [

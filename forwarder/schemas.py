@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -50,6 +49,95 @@ def format_timestamp(moment: datetime) -> str:
             f"{u.second:02d}.{u.microsecond // 1000:03d}Z")
 
 
+_BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CANONICAL_TS = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z\Z")
+_EMAIL = validate.Email(error="Not a valid email address.")
+_NOT_ISO = "Not an ISO-8601 date and time (example: 2026-11-28T10:15:00.000Z)."
+
+# The field rules are plain functions, shared by the marshmallow fields below
+# and by the fast path in forwarder/fastpath.py, so both apply the same rules.
+
+
+def text_value(value: Any, max_length: int = MAX_TEXT) -> str:
+    """A non-blank string of at most ``max_length`` characters, no control characters."""
+    if not isinstance(value, str):
+        raise ValidationError("Not a valid string.")
+    if not value.strip():
+        raise ValidationError("Must not be empty or blank.")
+    if len(value) > max_length:
+        raise ValidationError(f"Longer than {max_length} characters ({len(value)}).")
+    bad = _BAD_CHARS.search(value)
+    if bad:
+        if 0xD800 <= ord(bad.group()) <= 0xDFFF:
+            raise ValidationError("Must be valid Unicode (lone surrogate found).")
+        raise ValidationError("Must not contain control characters.")
+    return value
+
+
+def email_value(value: Any) -> str:
+    """An email address of at most 254 characters."""
+    return _EMAIL(text_value(value, MAX_EMAIL))
+
+
+def timestamp_value(value: Any) -> str:
+    """ISO-8601 with a timezone, or an aware datetime, as UTC ``...HH:MM:SS.mmmZ``."""
+    if isinstance(value, str) and _CANONICAL_TS.match(value):
+        try:  # already Distinct's form: only the ranges are left to check
+            datetime.fromisoformat(value[:-1])
+        except ValueError:
+            raise ValidationError(_NOT_ISO) from None
+        return value
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if len(text) < 16 or "T" not in text.upper():
+            raise ValidationError(_NOT_ISO)
+        if text[-1] in "zZ":
+            text = text[:-1] + "+00:00"
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValidationError(_NOT_ISO) from None
+    else:
+        raise ValidationError("Must be an ISO-8601 string or a datetime.")
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValidationError("Has no timezone; send UTC with a Z suffix or an explicit offset.")
+    try:
+        return format_timestamp(moment)
+    except (OverflowError, ValueError):
+        raise ValidationError("Out of range once converted to UTC.") from None
+
+
+def metadata_value(value: Any) -> dict:
+    """A JSON object whose compact UTF-8 encoding is at most 8 KiB."""
+    if not isinstance(value, dict):
+        raise ValidationError("Must be a JSON object.")
+    try:
+        # ensure_ascii=False: measure what is sent, UTF-8, not \u escapes.
+        encoded = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValidationError(
+            f"Must hold only JSON values (no NaN, Infinity or {type(exc).__name__})."
+        ) from None
+    size = len(encoded.encode("utf-8", "surrogatepass"))
+    if size > MAX_METADATA_BYTES:
+        raise ValidationError(f"Larger than 8 KiB once encoded ({size} bytes).")
+    try:
+        encoded.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("Must be valid Unicode (lone surrogate found).") from None
+    return value
+
+
+def phone_value(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValidationError("Not a valid string.")
+    if not PHONE_RE.match(value):
+        raise ValidationError("Must be E.164, e.g. +14155552671.")
+    return value
+
+
 class Text(fields.String):
     """A non-blank string of at most ``max_length`` characters, no control characters."""
 
@@ -58,16 +146,7 @@ class Text(fields.String):
         self.max_length = max_length
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        text = super()._deserialize(value, attr, data, **kwargs)
-        if not text.strip():
-            raise ValidationError("Must not be empty or blank.")
-        if len(text) > self.max_length:
-            raise ValidationError(f"Longer than {self.max_length} characters ({len(text)}).")
-        if any(unicodedata.category(ch) == "Cc" for ch in text):
-            raise ValidationError("Must not contain control characters.")
-        if any(0xD800 <= ord(ch) <= 0xDFFF for ch in text):
-            raise ValidationError("Must be valid Unicode (lone surrogate found).")
-        return text
+        return text_value(super()._deserialize(value, attr, data, **kwargs), self.max_length)
 
 
 class EmailText(Text):
@@ -75,43 +154,16 @@ class EmailText(Text):
 
     def __init__(self, **kwargs: Any):
         super().__init__(max_length=MAX_EMAIL, **kwargs)
-        self._check = validate.Email(error="Not a valid email address.")
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        text = super()._deserialize(value, attr, data, **kwargs)
-        return self._check(text)
+        return _EMAIL(super()._deserialize(value, attr, data, **kwargs))
 
 
 class Timestamp(fields.Field):
     """ISO-8601 string with a timezone, or an aware datetime; loads to Distinct's form."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        if isinstance(value, datetime):
-            moment = value
-        elif isinstance(value, str):
-            text = value.strip()
-            if len(text) < 16 or "T" not in text.upper():
-                raise ValidationError(
-                    "Not an ISO-8601 date and time (example: 2026-11-28T10:15:00.000Z)."
-                )
-            if text[-1] in "zZ":
-                text = text[:-1] + "+00:00"
-            try:
-                moment = datetime.fromisoformat(text)
-            except ValueError:
-                raise ValidationError(
-                    "Not an ISO-8601 date and time (example: 2026-11-28T10:15:00.000Z)."
-                ) from None
-        else:
-            raise ValidationError("Must be an ISO-8601 string or a datetime.")
-        if moment.tzinfo is None or moment.utcoffset() is None:
-            raise ValidationError(
-                "Has no timezone; send UTC with a Z suffix or an explicit offset."
-            )
-        try:
-            return format_timestamp(moment)
-        except (OverflowError, ValueError):
-            raise ValidationError("Out of range once converted to UTC.") from None
+        return timestamp_value(value)
 
 
 class Slug(fields.String):
@@ -130,24 +182,7 @@ class JsonObject(fields.Field):
     """A JSON object (dict) whose compact encoding is at most 8 KiB."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict:
-        if not isinstance(value, dict):
-            raise ValidationError("Must be a JSON object.")
-        try:
-            # ensure_ascii=False: measure what is sent, UTF-8, not \u escapes.
-            encoded = json.dumps(value, allow_nan=False, separators=(",", ":"),
-                                 ensure_ascii=False)
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise ValidationError(
-                f"Must hold only JSON values (no NaN, Infinity or {type(exc).__name__})."
-            ) from None
-        size = len(encoded.encode("utf-8", "surrogatepass"))
-        if size > MAX_METADATA_BYTES:
-            raise ValidationError(f"Larger than 8 KiB once encoded ({size} bytes).")
-        try:
-            encoded.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError("Must be valid Unicode (lone surrogate found).") from None
-        return value
+        return metadata_value(value)
 
 
 class _BodySchema(Schema):

@@ -112,7 +112,7 @@ def test_module_level_functions_use_the_environment(redis_url, namespace, monkey
 def test_unreachable_redis_raises_enqueue_error_without_password(namespace):
     port = free_port()  # nothing listens there
     fwd = Forwarder(settings=Settings(redis_url=f"redis://:s3cr3t-pw@127.0.0.1:{port}/0",
-                                      namespace=namespace, experience="x"))
+                                      namespace=namespace, experience="x", spool_path="off"))
     with pytest.raises(EnqueueError) as info:
         fwd.capture(capture_event(1))
     assert "s3cr3t-pw" not in str(info.value)
@@ -145,3 +145,26 @@ def test_instance_built_before_fork_works_in_the_child(settings):
     assert os.WEXITSTATUS(status) == 0
     fwd.capture(capture_event(2))
     assert [e["body"]["eventValue"] for e in _queued(fwd)] == ["evt-0", "evt-1", "evt-2"]
+
+
+def test_message_has_the_shape_celery_itself_publishes(settings, redis_url):
+    """Our hand-built message carries every field a message from send_task has."""
+    from workers.app import create_app
+
+    app = create_app(settings)
+    app.send_task("distinct.deliver", args=[[{"id": "x"}]], queue="deliver")
+    fwd = Forwarder(settings=settings)
+    client = fwd.store.client
+    (celery_raw,) = client.lrange(fwd.store.queue_key, 0, -1)
+    client.delete(fwd.store.queue_key)
+    fwd.capture(capture_event(1))
+    (ours_raw,) = client.lrange(fwd.store.queue_key, 0, -1)
+    celery_msg, ours = json.loads(celery_raw), json.loads(ours_raw)
+    assert set(ours) == set(celery_msg)
+    assert set(celery_msg["headers"]) - {"stamped_headers", "stamps",
+                                         "replaced_task_nesting"} <= set(ours["headers"])
+    assert set(celery_msg["properties"]) - {"argsrepr"} <= set(ours["properties"])
+    for section, key in [("properties", "delivery_info"), ("properties", "body_encoding"),
+                         ("headers", "task"), ("headers", "lang")]:
+        assert ours[section][key] == celery_msg[section][key], key
+    assert ours["content-type"] == celery_msg["content-type"]
