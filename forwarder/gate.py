@@ -84,14 +84,6 @@ return {'claimed', tostring(wait), probe}
 """
 
 # KEYS: delivered prefix; ARGV: member, dedupe_ttl
-MARK_DELIVERED_LUA = NOW_LUA + """
-local hour = math.floor(now / 3600)
-redis.call('SADD', KEYS[1] .. hour, ARGV[1])
-redis.call('EXPIREAT', KEYS[1] .. hour, (hour + 1) * 3600 + math.ceil(tonumber(ARGV[2])))
-return 1
-"""
-
-# KEYS: delivered prefix; ARGV: member, dedupe_ttl
 IS_DELIVERED_LUA = NOW_LUA + DELIVERED_FN + """
 if was_delivered(KEYS[1], ARGV[1], now, tonumber(ARGV[2])) then return 1 end
 return 0
@@ -109,61 +101,67 @@ def dedupe_member(event_id: str) -> bytes:
     return parsed.bytes
 
 
-# KEYS: breaker, probe, window prefix
-# ARGV: signal, token, consecutive_limit, min_requests, ratio, window_s,
-#       cooldown_min, cooldown_max, reason
+# The breaker's update after one answer (or failure), as a Lua function so the
+# outcome scripts of forwarder/store.py run it in the same atomic step.
+# K: breaker, probe, window prefix
+# A: signal, token, consecutive_limit, min_requests, ratio, window_s,
+#    cooldown_min, cooldown_max, reason
 # Returns 'opened', 'reopened', 'closed' or ''.
-_RECORD_LUA = NOW_LUA + """
-local signal = ARGV[1]
-local bucket_size = tonumber(ARGV[6]) / 10
-local bucket = math.floor(now / bucket_size)
-local wkey = KEYS[3] .. bucket
-local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
-local is_probe = redis.call('GET', KEYS[2]) == ARGV[2]
-if signal == 'ok' then
-  redis.call('HINCRBY', wkey, 'ok', 1)
-  redis.call('EXPIRE', wkey, math.ceil(tonumber(ARGV[6]) * 2))
-  redis.call('HSET', KEYS[1], 'consecutive', 0)
+BREAKER_FN = """
+local function breaker_record(K, A)
+  local signal = A[1]
+  local bucket_size = tonumber(A[6]) / 10
+  local bucket = math.floor(now / bucket_size)
+  local wkey = K[3] .. bucket
+  local state = redis.call('HGET', K[1], 'state') or 'closed'
+  local is_probe = redis.call('GET', K[2]) == A[2]
+  if signal == 'ok' then
+    redis.call('HINCRBY', wkey, 'ok', 1)
+    redis.call('EXPIRE', wkey, math.ceil(tonumber(A[6]) * 2))
+    redis.call('HSET', K[1], 'consecutive', 0)
+    if state == 'open' then
+      redis.call('HSET', K[1], 'state', 'closed', 'closed_at', tostring(now), 'cooldown', 0,
+                 'reason', '')
+      redis.call('DEL', K[2])
+      return 'closed'
+    end
+    return ''
+  end
+  redis.call('HINCRBY', wkey, 'fail', 1)
+  redis.call('EXPIRE', wkey, math.ceil(tonumber(A[6]) * 2))
+  local consecutive = redis.call('HINCRBY', K[1], 'consecutive', 1)
+  local cd_min, cd_max = tonumber(A[7]), tonumber(A[8])
   if state == 'open' then
-    redis.call('HSET', KEYS[1], 'state', 'closed', 'closed_at', tostring(now), 'cooldown', 0,
-               'reason', '')
-    redis.call('DEL', KEYS[2])
-    return 'closed'
+    if not is_probe then return '' end  -- a request sent before the breaker opened
+    local cooldown = tonumber(redis.call('HGET', K[1], 'cooldown') or '0') * 2
+    if cooldown < cd_min then cooldown = cd_min end
+    if cooldown > cd_max then cooldown = cd_max end
+    redis.call('HSET', K[1], 'cooldown', tostring(cooldown),
+               'open_until', tostring(now + cooldown), 'reason', A[9])
+    redis.call('DEL', K[2])
+    return 'reopened'
+  end
+  local trip = signal == 'auth' or consecutive >= tonumber(A[3])
+  if not trip then
+    local ok, fail = 0, 0
+    for b = bucket - 9, bucket do
+      local counts = redis.call('HMGET', K[3] .. b, 'ok', 'fail')
+      ok = ok + tonumber(counts[1] or '0')
+      fail = fail + tonumber(counts[2] or '0')
+    end
+    trip = ok + fail >= tonumber(A[4]) and fail / (ok + fail) >= tonumber(A[5])
+  end
+  if trip then
+    redis.call('HSET', K[1], 'state', 'open', 'reason', A[9], 'opened_at', tostring(now),
+               'cooldown', tostring(cd_min), 'open_until', tostring(now + cd_min))
+    redis.call('HINCRBY', K[1], 'opened_count', 1)
+    return 'opened'
   end
   return ''
 end
-redis.call('HINCRBY', wkey, 'fail', 1)
-redis.call('EXPIRE', wkey, math.ceil(tonumber(ARGV[6]) * 2))
-local consecutive = redis.call('HINCRBY', KEYS[1], 'consecutive', 1)
-local cd_min, cd_max = tonumber(ARGV[7]), tonumber(ARGV[8])
-if state == 'open' then
-  if not is_probe then return '' end  -- a request sent before the breaker opened
-  local cooldown = tonumber(redis.call('HGET', KEYS[1], 'cooldown') or '0') * 2
-  if cooldown < cd_min then cooldown = cd_min end
-  if cooldown > cd_max then cooldown = cd_max end
-  redis.call('HSET', KEYS[1], 'cooldown', tostring(cooldown),
-             'open_until', tostring(now + cooldown), 'reason', ARGV[9])
-  redis.call('DEL', KEYS[2])
-  return 'reopened'
-end
-local trip = signal == 'auth' or consecutive >= tonumber(ARGV[3])
-if not trip then
-  local ok, fail = 0, 0
-  for b = bucket - 9, bucket do
-    local counts = redis.call('HMGET', KEYS[3] .. b, 'ok', 'fail')
-    ok = ok + tonumber(counts[1] or '0')
-    fail = fail + tonumber(counts[2] or '0')
-  end
-  trip = ok + fail >= tonumber(ARGV[4]) and fail / (ok + fail) >= tonumber(ARGV[5])
-end
-if trip then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'reason', ARGV[9], 'opened_at', tostring(now),
-             'cooldown', tostring(cd_min), 'open_until', tostring(now + cd_min))
-  redis.call('HINCRBY', KEYS[1], 'opened_count', 1)
-  return 'opened'
-end
-return ''
 """
+
+_RECORD_LUA = NOW_LUA + BREAKER_FN + "return breaker_record(KEYS, ARGV)\n"
 
 # Move due retries back to the queue, respecting the breaker:
 # open -> nothing, except one event to serve as the probe once the cooldown
@@ -270,15 +268,19 @@ class Gate:
             return Admission("claimed", wait=float(_text(reply[1])), probe=bool(int(reply[2])))
         return Admission(state)  # type: ignore[arg-type]
 
-    def record(self, signal: Signal, token: str | None, reason: str, pipe: Any) -> None:
-        """Queue the breaker update on ``pipe`` (a transaction pipeline)."""
+    @property
+    def breaker_keys(self) -> list[str]:
+        return [self.breaker_key, self.probe_key, self.window_prefix]
+
+    def breaker_args(self, signal: Signal, token: str | None, reason: str) -> list[Any]:
         p = self.policy
-        self._record(
-            keys=[self.breaker_key, self.probe_key, self.window_prefix],
-            args=[signal, token or "", p.consecutive, p.min_requests, p.ratio, p.window,
-                  p.cooldown_min, p.cooldown_max, reason],
-            client=pipe,
-        )
+        return [signal, token or "", p.consecutive, p.min_requests, p.ratio, p.window,
+                p.cooldown_min, p.cooldown_max, reason]
+
+    def record(self, signal: Signal, token: str | None, reason: str, pipe: Any) -> None:
+        """Queue only the breaker's update on ``pipe`` (outcomes use Store.finish)."""
+        self._record(keys=self.breaker_keys, args=self.breaker_args(signal, token, reason),
+                     client=pipe)
 
     def state(self) -> BreakerState:
         raw = {_text(k): _text(v) for k, v in self.client.hgetall(self.breaker_key).items()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal, cast
 
 import redis
@@ -21,22 +21,48 @@ from redis.retry import Retry
 from forwarder import constants as C
 from forwarder.config import mask_url
 from forwarder.gate import (
+    BREAKER_FN,
     DELIVERED_FN,
     IS_DELIVERED_LUA,
-    MARK_DELIVERED_LUA,
     NOW_LUA,
     PROMOTE_LUA,
     dedupe_member,
 )
 
 ReplayState = Literal["replayed", "skipped", "missing"]
-#: Adds commands to an outcome's transaction (the breaker's update).
-Extra = Callable[[Any], None]
+#: The breaker's keys and arguments (Gate.breaker_keys, Gate.breaker_args), so an
+#: outcome and the breaker's update happen in one Lua call.
+Breaker = tuple[list[str], list[Any]]
 
-# Release a claim only if it is still ours.
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+# One outcome of one event, in one atomic step: release the in-flight claim
+# (only if still ours), store the outcome, count it, and update the breaker.
+# KEYS: inflight:id, stats:minute, delivered prefix, retry, dlq, dlq index,
+#       dlq reason prefix, [breaker, probe, window prefix]
+# ARGV: token, outcome, payload, score, id, [breaker args...]
+_FINISH_LUA = NOW_LUA + BREAKER_FN + """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+local outcome = ARGV[2]
+if outcome == 'delivered' then
+  local hour = math.floor(now / 3600)
+  redis.call('SADD', KEYS[3] .. hour, ARGV[3])
+  redis.call('EXPIREAT', KEYS[3] .. hour, (hour + 1) * 3600 + math.ceil(tonumber(ARGV[4])))
+elseif outcome == 'dead_lettered' then
+  local ok, entry = pcall(cjson.decode, ARGV[3])
+  redis.call('HSET', KEYS[5], ARGV[5], ARGV[3])
+  redis.call('ZADD', KEYS[6], ARGV[4], ARGV[5])
+  if ok and type(entry) == 'table' and type(entry['reason']) == 'string' then
+    redis.call('ZADD', KEYS[7] .. entry['reason'], ARGV[4], ARGV[5])
+  end
+else
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+end
+redis.call('HINCRBY', KEYS[2], outcome, 1)
+redis.call('EXPIRE', KEYS[2], 7200)
+if #KEYS > 7 then
+  return breaker_record({KEYS[8], KEYS[9], KEYS[10]},
+    {ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]})
+end
+return ''
 """
 
 # Remove one dead letter from the hash, the index and its reason's index.
@@ -171,8 +197,7 @@ class Store:
         self._breaker_keys = [k(C.BREAKER), k(C.BREAKER_PROBE), k(C.BREAKER_RELEASED)]
         self._dlq_keys = [self.dlq_key, self.dlq_index_key, self.dlq_reason_prefix]
         self._promote = client.register_script(PROMOTE_LUA)
-        self._release = client.register_script(_RELEASE_LUA)
-        self._mark_delivered = client.register_script(MARK_DELIVERED_LUA)
+        self._finish_script = client.register_script(_FINISH_LUA)
         self._is_delivered = client.register_script(IS_DELIVERED_LUA)
         self._replay = client.register_script(_REPLAY_LUA)
         self._dlq_delete = client.register_script(_DLQ_DELETE_LUA)
@@ -216,41 +241,39 @@ class Store:
         first = self.client.zrange(self.retry_key, 0, 0)
         return _text(first[0]) if first else None
 
-    # --- outcomes: each one transaction, with the breaker's update ------------
-    def _finish(self, event_id: str, token: str | None, outcome: str, now: float, pipe: Any,
-                extra: Extra | None) -> None:
-        if token is not None:
-            self._release(keys=[self.inflight_prefix + event_id], args=[token], client=pipe)
-        stats = self.stats_prefix + str(_minute(now))
-        pipe.hincrby(stats, outcome, 1)
-        pipe.expire(stats, 2 * 3600)
-        if extra is not None:
-            extra(pipe)
+    # --- outcomes: each one Lua call, with the breaker's update ---------------
+    def finish(self, event_id: str, token: str | None, outcome: str, payload: str | bytes,
+               score: float, now: float, breaker: Breaker | None = None) -> str:
+        """Record one outcome atomically; returns the breaker's change ('' if none).
+
+        delivered: payload is the dedupe member, score the dedupe TTL.
+        retried/deferred: payload is the message, score its due time.
+        dead_lettered: payload is the entry's JSON, score the time of death.
+        """
+        keys = [self.inflight_prefix + event_id, self.stats_prefix + str(_minute(now)),
+                self.delivered_prefix, self.retry_key, self.dlq_key, self.dlq_index_key,
+                self.dlq_reason_prefix]
+        args: list[Any] = [token or "", outcome, payload, repr(score), event_id]
+        if breaker is not None:
+            gate_keys, gate_args = breaker
+            keys += gate_keys
+            args += gate_args
+        return _text(self._finish_script(keys=keys, args=args))
 
     def mark_delivered(self, event_id: str, token: str | None, ttl: float, now: float,
-                       extra: Extra | None = None) -> list[Any]:
-        with self.client.pipeline(transaction=True) as pipe:
-            self._mark_delivered(keys=[self.delivered_prefix],
-                                 args=[dedupe_member(event_id), ttl], client=pipe)
-            self._finish(event_id, token, "delivered", now, pipe, extra)
-            return list(pipe.execute())
+                       breaker: Breaker | None = None) -> str:
+        return self.finish(event_id, token, "delivered", dedupe_member(event_id), ttl, now,
+                           breaker)
 
     def schedule_retry(self, event_id: str, token: str | None, message: str, due: float,
                        now: float, outcome: str = "retried",
-                       extra: Extra | None = None) -> list[Any]:
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.retry_key, {message: due})
-            self._finish(event_id, token, outcome, now, pipe, extra)
-            return list(pipe.execute())
+                       breaker: Breaker | None = None) -> str:
+        return self.finish(event_id, token, outcome, message, due, now, breaker)
 
     def dead_letter(self, entry: dict[str, Any], token: str | None, now: float,
-                    extra: Extra | None = None) -> list[Any]:
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(self.dlq_key, entry["id"], json.dumps(entry, separators=(",", ":")))
-            pipe.zadd(self.dlq_index_key, {entry["id"]: now})
-            pipe.zadd(self.dlq_reason_prefix + str(entry["reason"]), {entry["id"]: now})
-            self._finish(entry["id"], token, "dead_lettered", now, pipe, extra)
-            return list(pipe.execute())
+                    breaker: Breaker | None = None) -> str:
+        payload = json.dumps(entry, separators=(",", ":"))
+        return self.finish(entry["id"], token, "dead_lettered", payload, now, now, breaker)
 
     def is_delivered(self, event_id: str) -> bool:
         """Whether Distinct accepted this id within the dedupe window."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -69,6 +70,8 @@ class Deliverer:
         self.clock = clock
         self.rng = rng or random.Random()
         self.sleep = sleep
+        #: Set on SIGTERM (workers/app.py): hand back what is not yet sent.
+        self.stopping = threading.Event()
         self.claim_ttl = settings.connect_timeout + settings.read_timeout + 10.0
         self.gate = gate or Gate(
             self.store.client, settings.namespace,
@@ -90,7 +93,7 @@ class Deliverer:
         counts: dict[str, int] = {}
         deadline = time.monotonic() + TASK_BUDGET_SECONDS
         for index, event in enumerate(events):
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or self.stopping.is_set():
                 rest = events[index:]
                 self._redis(partial(self.store.enqueue, [build_message(rest)]))
                 log.info("task budget spent; handed %d events back to the queue", len(rest))
@@ -151,44 +154,41 @@ class Deliverer:
         kind = tried["body"].get("type") or tried["kind"]
         labels = (tried["kind"], kind, str(outcome.status or "none"))
         signal, reason = _breaker_signal(outcome)
-
-        def breaker(pipe: Any) -> None:
-            self.gate.record(signal, token, reason, pipe)
+        breaker = (self.gate.breaker_keys, self.gate.breaker_args(signal, token, reason))
 
         metrics.HTTP_LATENCY.observe(outcome.elapsed)
         if isinstance(decision, Delivered):
-            results = self._redis(lambda: self.store.mark_delivered(
-                tried["id"], token, self.settings.dedupe_ttl, now, extra=breaker))
+            change = self._redis(lambda: self.store.mark_delivered(
+                tried["id"], token, self.settings.dedupe_ttl, now, breaker=breaker))
             log.info("delivered id=%s kind=%s status=%s attempts=%d ms=%.0f",
                      tried["id"], kind, outcome.status, tried["attempts"],
                      outcome.elapsed * 1000)
             metrics.DELIVERED.labels(*labels).inc()
             metrics.CAPTURE_TO_DELIVERY.observe(max(0.0, now - tried["first_seen"]))
-            self._log_breaker(results)
+            self._log_breaker(change)
             return "delivered"
         if isinstance(decision, Retry):
             message = build_message([tried], redelivered=True)
-            results = self._redis(lambda: self.store.schedule_retry(
-                tried["id"], token, message, decision.due, now, extra=breaker))
+            change = self._redis(lambda: self.store.schedule_retry(
+                tried["id"], token, message, decision.due, now, breaker=breaker))
             level = logging.ERROR if outcome.verdict == "deployment" else logging.WARNING
             log.log(level, "retry id=%s kind=%s status=%s attempts=%d in=%.1fs %s: %s",
                     tried["id"], kind, outcome.status, tried["attempts"], decision.delay,
                     _hint(outcome), mask_email(outcome.detail[:200]))
             metrics.RETRIED.labels(*labels).inc()
-            self._log_breaker(results)
+            self._log_breaker(change)
             return "retried"
         assert isinstance(decision, DeadLetter)
         entry = dead_letter_entry(tried, outcome, decision.reason, now)
-        results = self._redis(lambda: self.store.dead_letter(entry, token, now, extra=breaker))
+        change = self._redis(lambda: self.store.dead_letter(entry, token, now, breaker=breaker))
         log.warning("dead-lettered id=%s kind=%s reason=%s status=%s attempts=%d: %s",
                     tried["id"], kind, decision.reason, outcome.status, tried["attempts"],
                     mask_email(outcome.detail[:200]))
         metrics.DEAD_LETTERED.labels(*labels).inc()
-        self._log_breaker(results)
+        self._log_breaker(change)
         return "dead_lettered"
 
-    def _log_breaker(self, results: list[Any]) -> None:
-        change = _text(results[-1]) if results else ""
+    def _log_breaker(self, change: str) -> None:
         if change == "opened":
             state = self.gate.state()
             log.error("circuit breaker OPEN (reason %s) for %.0f s: %s", state.reason,
