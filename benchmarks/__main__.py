@@ -107,6 +107,17 @@ def _fill(bench: Bench, total: int) -> None:
         fwd.capture(photo_event(i))
 
 
+def _worker_drain(sink_url: str, total: int) -> float:
+    """A backlog of ``total`` single captures drained by one default worker."""
+    with Bench() as bench:
+        _fill(bench, total)
+        proc = bench.start_worker(DISTINCT_API_URL=sink_url)
+        peak = [0.0]
+        rate = _drain(bench, total, lambda: peak.__setitem__(0, max(peak[0], rss_mb(proc.pid))))
+        _PEAKS.append(peak[0])
+        return rate
+
+
 def bench_drain_fast(runs: int, total: int) -> list[Row]:
     sink = NginxSink()
     try:
@@ -123,17 +134,7 @@ def bench_drain_fast(runs: int, total: int) -> list[Row]:
                              timeout=10)
             return total / (time.perf_counter() - start)
 
-        def worker() -> float:
-            with Bench() as bench:
-                _fill(bench, total)
-                proc = bench.start_worker(**{"DISTINCT_API_URL": sink.url})
-                peak = [0.0]
-                rate = _drain(bench, total, lambda: peak.__setitem__(
-                    0, max(peak[0], rss_mb(proc.pid))))
-                _PEAKS.append(peak[0])
-                return rate
-
-        mine = _median(runs, worker)
+        mine = _median(runs, lambda: _worker_drain(sink.url, total))
         base = _median(runs, raw_loop)
     finally:
         sink.stop()
@@ -151,17 +152,7 @@ def bench_drain_slow(runs: int, total: int) -> list[Row]:
     try:
         capacity = concurrent_rate(sink.url, 3200, 64)
 
-        def worker() -> float:
-            with Bench() as bench:
-                _fill(bench, total)
-                proc = bench.start_worker(**{"DISTINCT_API_URL": sink.url})
-                peak = [0.0]
-                rate = _drain(bench, total, lambda: peak.__setitem__(
-                    0, max(peak[0], rss_mb(proc.pid))))
-                _PEAKS.append(peak[0])
-                return rate
-
-        mine = _median(runs, worker)
+        mine = _median(runs, lambda: _worker_drain(sink.url, total))
     finally:
         sink.stop()
     return [("drain, 50 ms sink, 1 worker process (events/s)", f"{mine:,.0f}", "", "",

@@ -21,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import requests
 
+from benchmarks.sink import _wait_http
 from forwarder import Forwarder
 from forwarder.config import Settings
 from forwarder.redis_server import free_port
@@ -40,16 +41,6 @@ def _client(url: str, count: int) -> int:
     for _ in range(count):
         ok += session.post(url, data=BODY, headers=headers, timeout=10).status_code == 200
     return ok
-
-
-def _wait_http(url: str) -> None:
-    for _ in range(100):
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("sandbox did not start")
 
 
 def sandbox_rate(base: str, total: int, clients: int) -> float:
