@@ -43,6 +43,14 @@ class EnqueueError(ForwarderError):
     """
 
 
+class SpoolFull(EnqueueError):
+    """Redis did not take the event and the local spool is at its size limit.
+
+    The event was not accepted. Raise ``FORWARDER_SPOOL_MAX_MB``, bring Redis
+    back, or run ``distinct-forwarder spool flush`` once it answers.
+    """
+
+
 class EntryNotFound(ForwarderError, KeyError):
     """No dead-letter entry has the given id."""
 

@@ -70,7 +70,7 @@ def classify_response(
     detail = body[:DLQ_DETAIL_BYTES]
     retry_after = parse_retry_after(retry_after_header, time.time() if now is None else now)
     if 200 <= status < 300:
-        return Outcome("delivered", status, detail)
+        return _classify_success(status, body, retry_after_header, now)
     if status in DEPLOYMENT_4XX:
         return Outcome("deployment", status, detail, retry_after)
     if 300 <= status < 400:
@@ -80,6 +80,29 @@ def classify_response(
     if status in TRANSIENT_4XX or status >= 500 or status < 200:
         return Outcome("transient", status, detail, retry_after)
     return Outcome("rejected", status, detail)
+
+
+def _classify_success(status: int, body: str, retry_after_header: str | None,
+                      now: float | None) -> Outcome:
+    """A 2xx is Distinct's only if its body is JSON; the envelope's statusCode wins."""
+    detail = body[:DLQ_DETAIL_BYTES]
+    try:
+        envelope = json.loads(body)
+    except ValueError:
+        envelope = None
+    if envelope is None:
+        # Empty or not JSON (an HTML page, a captive proxy): not Distinct's
+        # answer, so not proof of delivery. The URL is the likely culprit;
+        # keep the event and retry, loudly, until the maximum age.
+        return Outcome("deployment", status,
+                       f"HTTP {status} without Distinct's JSON envelope: " + detail)
+    code = envelope.get("statusCode") if isinstance(envelope, dict) else None
+    if isinstance(code, int) and not isinstance(code, bool) and not 200 <= code < 300:
+        # An error wrapped in a 200: judge it by the code it carries.
+        inner = classify_response(code, body, retry_after_header, now)
+        return Outcome(inner.verdict, status, f"HTTP {status} with statusCode {code}: "
+                       + detail, inner.retry_after)
+    return Outcome("delivered", status, detail)
 
 
 def classify_exception(exc: BaseException) -> Outcome:

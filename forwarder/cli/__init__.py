@@ -6,7 +6,14 @@ to ``REDIS_URL`` and ``FORWARDER_NAMESPACE``. Each command group lives in a
 module of its own and registers itself on ``cli`` when imported here.
 """
 
-from forwarder.cli import dev, dlq, events, ops  # noqa: F401  (registers commands)
+from forwarder.cli import (  # noqa: F401  (registers commands)
+    dev,
+    dlq,
+    events,
+    ops,
+    relay,
+    spool,
+)
 from forwarder.cli.base import cli, main
 
 __all__ = ["cli", "main"]

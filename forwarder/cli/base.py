@@ -36,7 +36,8 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--redis-url", envvar="REDIS_URL", default=None,
-              help="Redis URL [env REDIS_URL; default redis://localhost:6379/0].")
+              help="Redis URL: redis://, rediss:// (TLS) or sentinel://H1,H2/MASTER/DB "
+                   "[env REDIS_URL; default redis://localhost:6379/0].")
 @click.option("--namespace", envvar="FORWARDER_NAMESPACE", default=None,
               help="Prefix of every Redis key [env FORWARDER_NAMESPACE].")
 @click.version_option(package_name="distinct-forwarder")

@@ -1,0 +1,416 @@
+"""The producer's local spool: where captures wait while Redis does not answer.
+
+``capture()`` must not fail a web request because Redis is down or slow, and
+must not drop an event either. When the LPUSH fails (or Redis failed a moment
+ago and is in its short back-off) the Celery messages go to a SQLite database
+on local disk instead: WAL mode, ``synchronous=FULL`` (each commit is fsynced,
+so a spooled capture survives a crash of the host), bounded by
+``FORWARDER_SPOOL_MAX_MB`` through SQLite's own ``max_page_count`` (past it
+the insert fails and ``capture()`` raises :class:`SpoolFull`).
+
+Draining is safe from any number of processes at once:
+
+1. claim: one ``BEGIN IMMEDIATE`` transaction marks the oldest rows with a
+   fresh claim token (or retakes a batch whose claim went stale, keeping its
+   token);
+2. push: one Lua script sets ``{ns}:spooled:{token}`` with NX and, only if it
+   was not set before, LPUSHes the batch, oldest first;
+3. delete the batch's rows.
+
+A producer that dies between 2 and 3 leaves its rows claimed; whoever retakes
+them after ``CLAIM_STALE_SECONDS`` pushes with the same token, the script sees
+the marker and pushes nothing, so no spooled message is queued twice. The one
+remaining duplicate source is an LPUSH that timed out on the producer's side
+after Redis had executed it: that message is both queued and spooled, and the
+worker's delivered-id dedupe keeps Distinct from seeing it twice.
+
+No thread: draining happens a little at a time on ``capture()`` calls once
+Redis answers again, and all at once with ``distinct-forwarder spool flush``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from forwarder import constants as C
+from forwarder.config import Settings
+from forwarder.errors import EnqueueError, SpoolFull
+from forwarder.store import Store, redis_error_text
+
+log = logging.getLogger("distinct_forwarder.spool")
+
+#: A claim older than this is presumed dead (its producer crashed) and retaken.
+CLAIM_STALE_SECONDS = 30.0
+#: How long the "this batch was pushed" marker lives in Redis: far longer than
+#: any claim can stay stale while producers run on the host.
+PUSHED_MARKER_TTL = 24 * 3600
+#: Messages per claim (one SQLite transaction, one Lua call).
+DRAIN_BATCH = 100
+#: Work one capture() call may do for the spool once Redis is back.
+DRAIN_MESSAGES_PER_CALL = 200
+DRAIN_SECONDS_PER_CALL = 0.05
+#: While Redis is healthy, look for rows (other processes' too) this often.
+CHECK_INTERVAL = 1.0
+#: After a failure, go straight to the spool for this long, doubling up to the cap.
+BACKOFF_FIRST = 1.0
+BACKOFF_CAP = 5.0
+#: SQLite waits this long for another process's write lock (held for ms).
+BUSY_TIMEOUT_MS = 5000
+
+#: Times this process refused a capture because the spool was full.
+SPOOL_FULL_TOTAL = 0
+
+_PUSH_LUA = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[1])) then
+  for i = 2, #ARGV do redis.call('LPUSH', KEYS[1], ARGV[i]) end
+  return #ARGV - 1
+end
+return -1
+"""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  namespace TEXT NOT NULL,
+  created REAL NOT NULL,
+  events INTEGER NOT NULL,
+  message TEXT NOT NULL,
+  claimed_by TEXT,
+  claimed_at REAL
+);
+CREATE INDEX IF NOT EXISTS spool_claim ON spool (claimed_by);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def default_spool_path(namespace: str, environ: dict[str, str] | None = None) -> str:
+    """``$XDG_CACHE_HOME`` (or ``~/.cache``) ``/distinct-forwarder/spool-<namespace>.db``."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "distinct-forwarder", f"spool-{namespace}.db")
+
+
+def spool_path_for(settings: Settings) -> str | None:
+    """The spool file ``settings`` name, or None when the spool is turned off."""
+    if settings.spool_path is None:
+        return default_spool_path(settings.namespace)
+    if settings.spool_path.strip().lower() in {"off", "none", "disabled"}:
+        return None
+    return os.path.expanduser(settings.spool_path)
+
+
+@dataclass(frozen=True)
+class SpoolStatus:
+    path: str
+    messages: int
+    events: int
+    claimed: int
+    oldest: float | None
+    size_bytes: int
+    max_bytes: int
+    full_rejections: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == 13 or "full" in str(exc).lower()  # 13: SQLITE_FULL
+
+
+def _event_count(message: str) -> int:
+    from forwarder.messages import events_in_message
+
+    try:
+        return len(events_in_message(message))
+    except (ValueError, KeyError, TypeError, IndexError):
+        return 1
+
+
+class Spool:
+    """One SQLite spool file, shared by every producer process of a user on a host."""
+
+    def __init__(self, path: str, max_bytes: int):
+        self.path = path
+        self.max_bytes = max_bytes
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        self._lock = threading.RLock()
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Spool | None:
+        path = spool_path_for(settings)
+        if path is None:
+            return None
+        return cls(path, int(settings.spool_max_mb * 1024 * 1024))
+
+    # --- connection --------------------------------------------------------
+    def _db(self) -> sqlite3.Connection:
+        # A connection must not cross a fork: reopen in the child.
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        conn.execute(f"PRAGMA max_page_count={max(32, self.max_bytes // page_size)}")
+        conn.execute(f"PRAGMA journal_size_limit={16 * 1024 * 1024}")
+        conn.executescript(_SCHEMA)
+        with contextlib.suppress(OSError):
+            os.chmod(self.path, 0o600)  # events hold emails
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    # --- writing -------------------------------------------------------------
+    def put(self, messages: Sequence[str], namespace: str, now: float | None = None) -> None:
+        """Store messages durably (fsynced) or raise SpoolFull / sqlite3.Error."""
+        global SPOOL_FULL_TOTAL
+        created = time.time() if now is None else now
+        rows = [(namespace, created, _event_count(m), m) for m in messages]
+        with self._lock:
+            db = self._db()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany("INSERT INTO spool (namespace, created, events, message) "
+                               "VALUES (?, ?, ?, ?)", rows)
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if not _is_full(exc):
+                    raise
+                SPOOL_FULL_TOTAL += 1
+                self._count_full(db)
+                raise SpoolFull(
+                    f"the producer spool {self.path} is full "
+                    f"(FORWARDER_SPOOL_MAX_MB={self.max_bytes / 1048576:g}) and Redis did "
+                    "not take the event; it was not accepted"
+                ) from None
+
+    def _count_full(self, db: sqlite3.Connection) -> None:
+        # Best effort: an UPDATE of one existing row needs no new page.
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("INSERT INTO meta (key, value) VALUES ('full_rejections', 1) "
+                       "ON CONFLICT(key) DO UPDATE SET value = value + 1")
+
+    # --- draining ------------------------------------------------------------
+    def claim(self, namespace: str, limit: int, now: float | None = None
+              ) -> tuple[str, list[tuple[int, str]]]:
+        """Claim the oldest batch: a stale claim (same token) first, else fresh rows."""
+        now = time.time() if now is None else now
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                stale = db.execute(
+                    "SELECT claimed_by FROM spool WHERE namespace = ? AND claimed_by IS NOT NULL"
+                    " AND claimed_at < ? ORDER BY seq LIMIT 1",
+                    (namespace, now - CLAIM_STALE_SECONDS)).fetchone()
+                if stale:
+                    token = str(stale[0])
+                    db.execute("UPDATE spool SET claimed_at = ? WHERE claimed_by = ?",
+                               (now, token))
+                else:
+                    token = uuid.uuid4().hex
+                    db.execute(
+                        "UPDATE spool SET claimed_by = ?, claimed_at = ? WHERE seq IN ("
+                        " SELECT seq FROM spool WHERE namespace = ? AND claimed_by IS NULL"
+                        " ORDER BY seq LIMIT ?)", (token, now, namespace, limit))
+                rows = db.execute("SELECT seq, message FROM spool WHERE claimed_by = ? "
+                                  "ORDER BY seq", (token,)).fetchall()
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return token, [(int(s), str(m)) for s, m in rows]
+
+    def delete(self, token: str) -> None:
+        with self._lock:
+            self._db().execute("DELETE FROM spool WHERE claimed_by = ?", (token,))
+
+    def unclaim_later(self, token: str) -> None:
+        """Make a batch retakable at once, keeping its token (its marker guards it)."""
+        with self._lock:
+            self._db().execute("UPDATE spool SET claimed_at = 0 WHERE claimed_by = ?",
+                               (token,))
+
+    def has_rows(self, namespace: str) -> bool:
+        if not self.exists():
+            return False
+        with self._lock:
+            row = self._db().execute("SELECT 1 FROM spool WHERE namespace = ? LIMIT 1",
+                                     (namespace,)).fetchone()
+        return row is not None
+
+    def status(self, namespace: str) -> SpoolStatus:
+        if not self.exists():
+            return SpoolStatus(self.path, 0, 0, 0, None, 0, self.max_bytes, 0)
+        with self._lock:
+            db = self._db()
+            count, events, claimed, oldest = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(events), 0), COUNT(claimed_by), MIN(created) "
+                "FROM spool WHERE namespace = ?", (namespace,)).fetchone()
+            full = db.execute("SELECT value FROM meta WHERE key = 'full_rejections'").fetchone()
+            pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+            page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        return SpoolStatus(self.path, int(count), int(events), int(claimed),
+                           float(oldest) if oldest is not None else None,
+                           pages * page_size, self.max_bytes, int(full[0]) if full else 0)
+
+
+@dataclass
+class DrainResult:
+    messages: int = 0
+    #: Batches found already pushed (a producer died before deleting them).
+    already_queued: int = 0
+    more: bool = False
+
+
+def drain(spool: Spool, store: Store, *, max_messages: int | None = None,
+          budget: float | None = None, batch: int = DRAIN_BATCH) -> DrainResult:
+    """Move spooled messages into the queue, oldest first; Redis errors propagate."""
+    push = store.client.register_script(_PUSH_LUA)
+    marker = C.key(store.namespace, C.SPOOLED_PREFIX)
+    deadline = None if budget is None else time.monotonic() + budget
+    result = DrainResult()
+    while True:
+        if max_messages is not None and result.messages >= max_messages:
+            result.more = True
+            return result
+        if deadline is not None and time.monotonic() > deadline:
+            result.more = True
+            return result
+        token, rows = spool.claim(store.namespace, batch)
+        if not rows:
+            return result
+        try:
+            pushed = int(push(keys=[store.queue_key, marker + token],
+                              args=[PUSHED_MARKER_TTL, *[m for _, m in rows]]))
+        except BaseException:
+            # Not known whether Redis ran it: the marker decides on the next try.
+            spool.unclaim_later(token)
+            raise
+        spool.delete(token)
+        if pushed < 0:
+            result.already_queued += 1
+        else:
+            result.messages += pushed
+
+
+class SpoolingEnqueuer:
+    """The producer's LPUSH with the spool behind it, and the back-off state."""
+
+    def __init__(self, store: Store, spool: Spool | None, redis_url: str):
+        self.store = store
+        self.spool = spool
+        self.redis_url = redis_url
+        self._skip_until = 0.0
+        self._backoff = 0.0
+        self._last_error = ""
+        self._next_check = 0.0
+        self._drain_lock = threading.Lock()
+        #: In-process counters (``spool status`` shows the host-wide full count).
+        self.stats = {"spooled": 0, "drained": 0, "spool_full": 0}
+
+    def push(self, messages: list[str]) -> None:
+        now = time.monotonic()
+        if self.spool is None:
+            try:
+                self.store.enqueue(messages)
+            except redis.RedisError as exc:
+                raise EnqueueError(redis_error_text(exc, self.redis_url)) from None
+            return
+        if now < self._skip_until:
+            self._to_spool(messages)
+            return
+        try:
+            self.store.enqueue(messages)
+        except redis.RedisError as exc:
+            self._failed(now, exc)
+            self._to_spool(messages)
+            return
+        if self._backoff:
+            log.warning("Redis answers again; draining the spool %s", self.spool.path)
+            self._backoff = 0.0
+            self._next_check = 0.0
+        if now >= self._next_check:
+            self.drain_some()
+
+    def _failed(self, now: float, exc: Exception) -> None:
+        first = self._backoff == 0.0
+        self._backoff = BACKOFF_FIRST if first else min(self._backoff * 2, BACKOFF_CAP)
+        self._skip_until = now + self._backoff
+        self._last_error = redis_error_text(exc, self.redis_url)
+        if first:
+            log.warning("%s; spooling captures to %s", self._last_error,
+                        self.spool.path if self.spool else "-")
+
+    def _to_spool(self, messages: list[str]) -> None:
+        assert self.spool is not None
+        try:
+            self.spool.put(messages, self.store.namespace)
+        except SpoolFull:
+            self.stats["spool_full"] += 1
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            raise EnqueueError(f"{self._last_error}; and the spool {self.spool.path} failed: "
+                               f"{type(exc).__name__}: {exc}") from None
+        self.stats["spooled"] += len(messages)
+        # Look at the spool soon after Redis is back, not a full interval later.
+        self._next_check = 0.0
+
+    def drain_some(self) -> None:
+        """Bounded drain on a capture() call; never raises."""
+        assert self.spool is not None
+        if not self._drain_lock.acquire(blocking=False):
+            return  # another thread of this process is on it
+        try:
+            if not self.spool.has_rows(self.store.namespace):
+                self._next_check = time.monotonic() + CHECK_INTERVAL
+                return
+            result = drain(self.spool, self.store, max_messages=DRAIN_MESSAGES_PER_CALL,
+                           budget=DRAIN_SECONDS_PER_CALL)
+            self.stats["drained"] += result.messages
+            # Rows left: drain again on the next call; else look again later.
+            self._next_check = 0.0 if result.more else time.monotonic() + CHECK_INTERVAL
+        except redis.RedisError as exc:
+            self._failed(time.monotonic(), exc)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("spool %s could not be drained: %s", self.spool.path, exc)
+            self._next_check = time.monotonic() + CHECK_INTERVAL
+        finally:
+            self._drain_lock.release()
+
+
+def pushed_marker_key(namespace: str, token: str) -> str:
+    return C.key(namespace, C.SPOOLED_PREFIX) + token
+
+
+def status_json(status: SpoolStatus) -> str:
+    return json.dumps(status.as_dict(), sort_keys=True)
