@@ -321,6 +321,8 @@ class Store:
 
     def dlq_put(self, entries: Sequence[dict[str, Any]]) -> None:
         """Store entries as they are (``dlq import``); an existing id is replaced."""
+        # Drop replaced entries first, so no stale reason index keeps their ids.
+        self.dlq_delete([entry["id"] for entry in entries])
         with self.client.pipeline(transaction=True) as pipe:
             for entry in entries:
                 dead_at = float(entry.get("dead_at") or time.time())

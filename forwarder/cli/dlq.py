@@ -24,6 +24,8 @@ from forwarder.errors import EntryNotFound
 from forwarder.logs import mask_email
 from forwarder.store import DLQ_REASONS
 
+IMPORT_CHUNK = 500
+
 
 @cli.group()
 def dlq() -> None:
@@ -205,9 +207,10 @@ def dlq_replay(obj: Ctx, selector: dlq_tools.Selector, bulk: bool, chosen: bool,
 @dlq.command("purge")
 @selector_options
 @click.option("--yes", is_flag=True, help="Confirm a bulk purge.")
+@click.option("--json", "as_json", is_flag=True, help="Print the count as JSON.")
 @pass_ctx
 def dlq_purge(obj: Ctx, selector: dlq_tools.Selector, bulk: bool, chosen: bool,
-              yes: bool) -> None:
+              yes: bool, as_json: bool) -> None:
     """Delete entries for good (a bulk selector needs --yes).
 
     \b
@@ -221,7 +224,10 @@ def dlq_purge(obj: Ctx, selector: dlq_tools.Selector, bulk: bool, chosen: bool,
     store = obj.store()
     targets = selector.resolve(store)
     removed = dlq_tools.purge(store, targets) if targets else 0
-    click.echo(f"Purged {removed} entries." if removed else "Nothing to do.")
+    if as_json:
+        click.echo(json.dumps({"purged": removed, "not_found": len(targets) - removed}))
+    else:
+        click.echo(f"Purged {removed} entries." if removed else "Nothing to do.")
     if not bulk and removed < len(targets):
         click.echo(f"{len(targets) - removed} ids were not in the dead-letter queue.", err=True)
         sys.exit(1)
@@ -249,8 +255,9 @@ def dlq_export(obj: Ctx, selector: dlq_tools.Selector, bulk: bool, chosen: bool,
 
 @dlq.command("import")
 @click.argument("file", type=click.File("r"))
+@click.option("--json", "as_json", is_flag=True, help="Print the count as JSON.")
 @pass_ctx
-def dlq_import(obj: Ctx, file: Any) -> None:
+def dlq_import(obj: Ctx, file: Any, as_json: bool) -> None:
     """Add entries from a JSONL file (from `dlq export`, maybe edited).
 
     Every line is checked first; nothing is imported if one is invalid.
@@ -264,5 +271,14 @@ def dlq_import(obj: Ctx, file: Any) -> None:
         for error in errors:
             click.echo(error, err=True)
         sys.exit(2)
-    obj.store().dlq_put(entries)
-    click.echo(f"Imported {len(entries)} entries.")
+    store = obj.store()
+    with click.progressbar(length=len(entries), label="Importing", file=sys.stderr,
+                           hidden=not sys.stderr.isatty()) as bar:
+        for start in range(0, len(entries), IMPORT_CHUNK):
+            chunk = entries[start:start + IMPORT_CHUNK]
+            store.dlq_put(chunk)
+            bar.update(len(chunk))
+    if as_json:
+        click.echo(json.dumps({"imported": len(entries)}))
+    else:
+        click.echo(f"Imported {len(entries)} entries.")

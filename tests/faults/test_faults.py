@@ -1,0 +1,173 @@
+"""The fault suite: real processes killed, restarted and starved; one table row each.
+
+Run alone with ``.venv/bin/pytest tests/faults -s`` (about 7 minutes; the
+kill -9 scenario waits out the default 180 s visibility timeout on purpose).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from forwarder.constants import VISIBILITY_TIMEOUT_SECONDS
+from forwarder.sandbox import Faults
+from tests.conftest import API_KEY, wait_until
+from tests.faults.conftest import ResetProxy, Rig
+
+#: Quick backoff where the scenario is not about backoff; the formula is
+#: tested elsewhere. The kill -9 and SIGTERM scenarios use the defaults.
+#: The kill -9 scenario waits out the visibility timeout (~3.5 min).
+pytestmark = pytest.mark.timeout(480)
+
+QUICK = {"FORWARDER_BACKOFF_BASE": "0.2", "FORWARDER_BACKOFF_CAP": "2"}
+
+
+def _no_loss(row: dict[str, Any], twice_allowed: int = 0) -> None:
+    assert row["lost"] == 0, row
+    assert row["delivered"] == row["captured"], row
+    assert row["POSTed twice"] <= twice_allowed, row
+
+
+def _capture_in_thread(r: Rig, n: int, rate: float) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.extend(r.capture(n, rate=rate))
+        except BaseException as exc:  # surfaced by the test, never swallowed
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def test_redis_down_at_the_producer_for_30s_then_back(rig):
+    r: Rig = rig("Redis down 30 s at the producer")
+    r.start_worker(**QUICK)
+    r.capture(100, rate=100)
+    r.redis.stop()  # graceful: its AOF keeps what was queued
+    during = r.capture(1500, rate=50)  # 30 s of capture() with Redis gone: none raises
+    assert r.producer.spool is not None
+    spooled = r.producer.spool.status(r.namespace).events
+    r.redis.start()
+    r.capture(250, rate=50)  # these calls drain the spool, a bounded batch each
+    r.wait_delivered(120)
+    assert r.producer.spool.status(r.namespace).messages == 0
+    p99 = sorted(during)[int(len(during) * 0.99) - 1]
+    row = r.row(f"p99 capture() {p99 * 1000:.1f} ms while down, {spooled} spooled")
+    _no_loss(row)
+    assert spooled >= 1400
+    assert p99 < 0.3, f"p99 capture() during the outage was {p99 * 1000:.0f} ms"
+
+
+def test_redis_crash_and_restart_with_aof_always(rig):
+    r: Rig = rig("Redis kill -9 + restart (AOF always)")
+    r.start_worker(**QUICK)
+    thread, out = _capture_in_thread(r, 800, rate=100)
+    time.sleep(3)
+    r.restart_redis(down_for=2.0, kill=True)
+    thread.join(60)
+    assert not [x for x in out if isinstance(x, BaseException)], out
+    r.wait_delivered(120)
+    _no_loss(r.row())
+
+
+BATCH = 10  # events per message in the kill -9 scenario
+
+
+def test_worker_kill9_mid_load_redelivered_within_5_minutes(rig):
+    r: Rig = rig("worker kill -9 mid-load (defaults)", Faults(api_key=API_KEY, latency_ms=30))
+    first = r.start_worker()
+    r.capture(3000, batch=BATCH)
+    wait_until(lambda: r.delivered_count() >= 800, 60, 0.05, "800 delivered")
+    r.sample_rss()
+    killed_at = time.time()
+    first.kill()
+    r.start_worker()
+    # Done when everything arrived, or once the visibility timeout has passed
+    # and nothing is left anywhere in Redis (queue, retry set, unacked hash).
+    # kombu's Redis transport takes a message with BRPOP and records it in
+    # its unacked hash only afterwards: a kill -9 in between loses that one
+    # message (README, remaining windows); the table shows it if it happens.
+    def settled() -> bool:
+        r.sample_rss()
+        if r.delivered_count() >= len(r.captured):
+            return True
+        idle = not (r.store.queue_depth() or r.store.retry_depth()
+                    or r.store.client.hlen(f"{r.namespace}:unacked"))
+        return idle and time.time() - killed_at > VISIBILITY_TIMEOUT_SECONDS + 30
+
+    wait_until(settled, 330, 1.0, "redelivery after the kill")
+    done_at = max(max(t) for t in r.accepted_times().values())
+    row = r.row(f"last redelivery {done_at - killed_at:.0f} s after the kill")
+    assert row["lost"] <= BATCH, f"more than one message lost: {row}"
+    # The visibility timeout, not a shortcut, brought the held messages back.
+    assert done_at - killed_at >= VISIBILITY_TIMEOUT_SECONDS - 30
+    assert done_at - killed_at <= 300
+    # The only duplicate window: a POST in flight at the kill (Distinct took
+    # it, the worker died before hearing so). Any double must be one of those,
+    # so at most one per delivery thread, first accepted around the kill.
+    times = r.accepted_times()
+    doubles = [v for v in r.captured if len(times.get(v, [])) > 1]
+    assert len(doubles) <= r.settings.concurrency, doubles
+    assert all(killed_at - 2 <= min(times[v]) <= killed_at + 2 for v in doubles), doubles
+    assert row["POSTed twice"] == len(doubles)
+
+
+def test_worker_sigterm_mid_load_finishes_and_hands_back(rig):
+    r: Rig = rig("worker SIGTERM mid-load", Faults(api_key=API_KEY, latency_ms=100))
+    first = r.start_worker()
+    r.capture(1200, batch=20)
+    wait_until(lambda: r.delivered_count() >= 150, 60, 0.05, "150 delivered")
+    r.sample_rss()
+    started = time.monotonic()
+    first.process.send_signal(signal.SIGTERM)
+    code = first.process.wait(60)
+    took = time.monotonic() - started
+    # Nothing left taken-but-unfinished: kombu's unacked hash is empty at once.
+    assert r.store.client.hlen(f"{r.namespace}:unacked") == 0
+    assert code == 0, first.log()[-2000:]
+    r.start_worker()
+    r.wait_delivered(60)  # far below the 180 s a stranded message would need
+    row = r.row(f"exit {took:.1f} s after SIGTERM")
+    _no_loss(row)
+    assert took <= r.settings.shutdown_timeout + 3
+
+
+def test_distinct_outage_60s(rig):
+    r: Rig = rig("Distinct outage 60 s (503)")
+    r.sandbox.faults.update({"outage_seconds": 60})
+    r.start_worker(FORWARDER_BACKOFF_BASE="0.5", FORWARDER_BACKOFF_CAP="10",
+                   FORWARDER_BREAKER_COOLDOWN_MAX="5")
+    r.capture(400, rate=20)
+    r.wait_delivered(150)
+    assert r.sandbox.stats.get("503", 0) > 0
+    _no_loss(r.row())
+
+
+def test_distinct_slow(rig):
+    r: Rig = rig("Distinct slow (1 s per POST)", Faults(api_key=API_KEY, latency_ms=1000))
+    r.start_worker()
+    r.capture(240, batch=1)
+    r.wait_delivered(120)
+    _no_loss(r.row())
+
+
+def test_distinct_resets_connections(rig):
+    r: Rig = rig("Distinct resets 20% of requests")
+    proxy = ResetProxy(r.sandbox.port, rate=0.2)
+    try:
+        r.distinct_url = proxy.url
+        r.start_worker(**QUICK)
+        r.capture(600, batch=1)
+        r.wait_delivered(120)
+        assert proxy.resets > 20
+        _no_loss(r.row(f"{proxy.resets} resets"))
+    finally:
+        proxy.close()
+
