@@ -34,6 +34,14 @@ BREAKER_WINDOW_PREFIX = "breaker:w:"
 RATE = "rate"
 #: Sorted sets of DLQ ids by reason, scored like DLQ_INDEX.
 DLQ_REASON_PREFIX = "dlq:reason:"
+#: Sorted set: task id of each queued, not yet started message, by sequence.
+LEDGER = "ledger"
+#: Hash: task id -> message, for the ledger's entries.
+LEDGER_MESSAGES = "ledger:msg"
+#: Counter: the sequence number of the latest message queued.
+QUEUE_SEQ = "ledger:seq"
+#: String: the highest sequence number a task has started.
+QUEUE_FRONT = "ledger:front"
 #: Hash of per-minute outcome counters: ``stats:{minute}`` -> {outcome: n}.
 STATS_PREFIX = "stats:"
 #: String per spool claim batch pushed to the queue, so that a batch retaken
@@ -91,6 +99,12 @@ TASK_BUDGET_SECONDS = 60.0
 #: timeouts), and stays under 5 minutes so a killed worker's messages come
 #: back soon (kombu sweeps every 10 s, see workers/app.py).
 VISIBILITY_TIMEOUT_SECONDS = 180
+#: A ledger entry the front passed this long ago without its task starting
+#: was lost between kombu's BRPOP and its unacked record: queue it again.
+#: Above the visibility timeout, so kombu's own restore goes first.
+LEDGER_GRACE_SECONDS = 200.0
+#: How often each worker looks for such entries.
+LEDGER_SWEEP_INTERVAL_SECONDS = 10.0
 #: How often each worker moves due retries back to the queue.
 PROMOTE_INTERVAL_SECONDS = 0.5
 #: How many due retries one promotion moves at most (one Lua call).

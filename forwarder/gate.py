@@ -28,6 +28,7 @@ from typing import Any, Literal
 import redis
 
 from forwarder import constants as C
+from forwarder.ledger import PUSH_FN
 
 AdmitState = Literal["delivered", "busy", "open", "wait", "claimed"]
 #: ok: Distinct answered (delivered or rejected an event). fail: transient
@@ -167,9 +168,11 @@ _RECORD_LUA = NOW_LUA + BREAKER_FN + "return breaker_record(KEYS, ARGV)\n"
 # open -> nothing, except one event to serve as the probe once the cooldown
 # is over; just closed -> a limit that doubles every ramp step, so a backlog
 # is released in steps; then the full batch.
-# KEYS: retry, queue, breaker, probe, released-marker
+# KEYS: retry, queue, breaker, probe, released-marker, ledger, ledger messages, seq
 # ARGV: now (worker clock, compared with due scores), limit, ramp_start, ramp_step_s
 PROMOTE_LUA = NOW_LUA + """
+local K_QUEUE, K_LEDGER, K_LEDGER_MSG, K_SEQ = KEYS[2], KEYS[6], KEYS[7], KEYS[8]
+""" + PUSH_FN + """
 local limit = tonumber(ARGV[2])
 local breaker = redis.call('HMGET', KEYS[3], 'state', 'open_until', 'closed_at')
 if breaker[1] == 'open' then
@@ -186,7 +189,7 @@ elseif breaker[3] then
 end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit)
 for _, msg in ipairs(due) do
-  redis.call('RPUSH', KEYS[2], msg)
+  push_message(msg)
   redis.call('ZREM', KEYS[1], msg)
 end
 return #due

@@ -28,6 +28,7 @@ from forwarder.gate import (
     PROMOTE_LUA,
     dedupe_member,
 )
+from forwarder.ledger import ENQUEUE_LUA, PUSH_FN, STARTED_LUA, SWEEP_LUA
 
 ReplayState = Literal["replayed", "skipped", "missing"]
 #: The breaker's keys and arguments (Gate.breaker_keys, Gate.breaker_args), so an
@@ -83,9 +84,12 @@ end
 # Replay dead letters: ARGV holds (id, message) pairs. An entry whose id was
 # delivered meanwhile is dropped as 'skipped'; otherwise its message is pushed
 # and only then the entry removed, in the same atomic step.
-# KEYS: dlq hash, dlq index, reason prefix, queue, delivered prefix
+# KEYS: dlq hash, dlq index, reason prefix, queue, delivered prefix, ledger,
+#       ledger messages, seq
 # ARGV: dedupe_ttl, then (id, dedupe member, message) triples
 _REPLAY_LUA = NOW_LUA + DELIVERED_FN + _DLQ_REMOVE_FN + """
+local K_QUEUE, K_LEDGER, K_LEDGER_MSG, K_SEQ = KEYS[4], KEYS[6], KEYS[7], KEYS[8]
+""" + PUSH_FN + """
 local out = {}
 local ttl = tonumber(ARGV[1])
 for i = 2, #ARGV, 3 do
@@ -96,7 +100,7 @@ for i = 2, #ARGV, 3 do
     remove(id)
     table.insert(out, 'skipped')
   else
-    redis.call('LPUSH', KEYS[4], msg)
+    push_message(msg)
     remove(id)
     table.insert(out, 'replayed')
   end
@@ -196,6 +200,13 @@ class Store:
         self.stats_prefix = k(C.STATS_PREFIX)
         self._breaker_keys = [k(C.BREAKER), k(C.BREAKER_PROBE), k(C.BREAKER_RELEASED)]
         self._dlq_keys = [self.dlq_key, self.dlq_index_key, self.dlq_reason_prefix]
+        self.ledger_key = k(C.LEDGER)
+        self.ledger_msg_key = k(C.LEDGER_MESSAGES)
+        self.front_key = k(C.QUEUE_FRONT)
+        self._push_keys = [self.queue_key, self.ledger_key, self.ledger_msg_key, k(C.QUEUE_SEQ)]
+        self._enqueue = client.register_script(ENQUEUE_LUA)
+        self._started = client.register_script(STARTED_LUA)
+        self._sweep = client.register_script(SWEEP_LUA)
         self._promote = client.register_script(PROMOTE_LUA)
         self._finish_script = client.register_script(_FINISH_LUA)
         self._is_delivered = client.register_script(IS_DELIVERED_LUA)
@@ -205,9 +216,24 @@ class Store:
 
     # --- queue -------------------------------------------------------------
     def enqueue(self, messages: Sequence[str]) -> None:
-        """Append messages to the queue in one round trip."""
+        """Append messages to the queue (and the ledger) in one round trip."""
         if messages:
-            self.client.lpush(self.queue_key, *messages)
+            self._enqueue(keys=self._push_keys, args=list(messages))
+
+    def task_started(self, task_id: str) -> bool:
+        """A task began: its message leaves the ledger, the front moves up."""
+        return bool(self._started(keys=[self.ledger_key, self.ledger_msg_key, self.front_key],
+                                  args=[task_id]))
+
+    def queue_front(self) -> int:
+        return int(self.client.get(self.front_key) or 0)
+
+    def sweep_ledger(self, front: int, limit: int = C.PROMOTE_BATCH) -> int:
+        """Queue again ledger entries below ``front`` (see forwarder/ledger.py)."""
+        return int(self._sweep(keys=self._push_keys, args=[front, limit]))
+
+    def ledger_depth(self) -> int:
+        return int(self.client.zcard(self.ledger_key))
 
     def queue_depth(self) -> int:
         return int(self.client.llen(self.queue_key))
@@ -226,7 +252,7 @@ class Store:
         share right after it closes, then ``limit``.
         """
         return int(self._promote(
-            keys=[self.retry_key, self.queue_key, *self._breaker_keys],
+            keys=[self.retry_key, self.queue_key, *self._breaker_keys, *self._push_keys[1:]],
             args=[now, limit, C.RAMP_START, C.RAMP_STEP_SECONDS],
         ))
 
@@ -338,8 +364,8 @@ class Store:
         args: list[Any] = [self.dedupe_ttl]
         for event_id, message in pairs:
             args += [event_id, dedupe_member(event_id), message]
-        states = self._replay(keys=[*self._dlq_keys, self.queue_key, self.delivered_prefix],
-                              args=args)
+        states = self._replay(keys=[*self._dlq_keys, self.queue_key, self.delivered_prefix,
+                                    *self._push_keys[1:]], args=args)
         return [cast(ReplayState, _text(s)) for s in states]
 
     def dlq_delete(self, ids: Sequence[str]) -> int:

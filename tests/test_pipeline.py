@@ -187,3 +187,21 @@ def test_api_key_never_stored_in_redis(settings, sandbox, start_worker, store, r
         if API_KEY.encode() in dump:
             found.append((key, kind))
     assert found == []
+
+
+def test_a_message_lost_between_brpop_and_unacked_is_queued_again(
+    settings, sandbox, start_worker, store
+):
+    fwd = Forwarder(settings=settings)
+    fwd.capture(capture_event(1))
+    # A worker took it off the queue and was killed before kombu recorded it
+    # as unacknowledged: only the ledger still knows about it.
+    assert store.client.rpop(store.queue_key) is not None
+    for i in range(2, 5):
+        fwd.capture(capture_event(i))
+    worker = start_worker(env={"FORWARDER_LEDGER_GRACE": "2"})
+    wait_until(lambda: len(sandbox.events) == 4, timeout=60, message="all four delivered")
+    assert sorted(e["body"]["eventValue"] for e in sandbox.events) == [
+        "evt-1", "evt-2", "evt-3", "evt-4"]
+    assert store.ledger_depth() == 0
+    assert "queued 1 messages again" in worker.log()

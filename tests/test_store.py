@@ -7,6 +7,7 @@ import time
 
 from forwarder import dlq
 from forwarder.gate import Gate
+from forwarder.ledger import task_id_of
 from forwarder.messages import Event, build_message, events_in_message
 from forwarder.store import Store, connect
 
@@ -115,3 +116,32 @@ def test_purge_removes_entry_and_index(store):
     assert store.dlq_ids() == ["d-1", "d-2"]
     assert dlq.purge(store) == 2
     assert store.dlq_depth() == 0 and store.client.zcard(store.dlq_index_key) == 0
+
+
+def test_ledger_follows_each_queued_message_until_its_task_starts(store):
+    now = time.time()
+    messages = [build_message([_event(i, now)]) for i in range(5)]
+    store.enqueue(messages[:3])
+    store.enqueue(messages[3:])
+    assert store.ledger_depth() == 5
+    ids = [task_id_of(m) for m in messages]
+    # The queue is FIFO: BRPOP takes the first one queued.
+    taken = store.client.rpop(store.queue_key).decode()
+    assert task_id_of(taken) == ids[0]
+    assert store.task_started(ids[1]) and not store.task_started("unknown")
+    assert store.queue_front() == 2 and store.ledger_depth() == 4
+    # ids[0] was taken but never started: below the front, it is queued again.
+    assert store.sweep_ledger(store.queue_front()) == 1
+    queued = [task_id_of(m.decode()) for m in store.client.lrange(store.queue_key, 0, -1)]
+    assert queued.count(ids[0]) == 1 and queued[0] == ids[0]  # at the back
+    # Its new sequence number is above the front: not swept again meanwhile.
+    assert store.sweep_ledger(store.queue_front()) == 0
+
+
+def test_promotion_and_replay_write_the_ledger_too(store):
+    now = time.time()
+    store.client.zadd(store.retry_key, {build_message([_event(1, now)]): now - 1})
+    _dead(store, 9, now)
+    assert store.promote_due(time.time()) == 1
+    dlq.replay(store)
+    assert store.ledger_depth() == 2 and store.queue_depth() == 2

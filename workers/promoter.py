@@ -12,13 +12,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from celery import bootsteps
 
-from forwarder.constants import PROMOTE_BATCH, PROMOTE_INTERVAL_SECONDS
+from forwarder.constants import (
+    LEDGER_GRACE_SECONDS,
+    LEDGER_SWEEP_INTERVAL_SECONDS,
+    PROMOTE_BATCH,
+    PROMOTE_INTERVAL_SECONDS,
+)
 from forwarder.gate import Gate
 from forwarder.store import Store
 from workers import metrics
@@ -44,6 +50,7 @@ class RetryPromoter:
         clock: Callable[[], float] = time.time,
         dlq_ttl: float | None = None,
         gate: Gate | None = None,
+        ledger_grace: float = LEDGER_GRACE_SECONDS,
     ):
         self.store = store
         self.interval = interval
@@ -51,6 +58,10 @@ class RetryPromoter:
         self.dlq_ttl = dlq_ttl
         self.gate = gate
         self._next_gauges = 0.0
+        self._next_sweep = 0.0
+        self.ledger_grace = ledger_grace
+        #: (time, front) samples: the front as it stood a grace period ago.
+        self._fronts: deque[tuple[float, int]] = deque()
         self._next_retention = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -91,12 +102,28 @@ class RetryPromoter:
             metrics.DLQ_DEPTH.set(self.store.dlq_depth())
             if self.gate is not None:
                 metrics.BREAKER_OPEN.set(1 if self.gate.state().state == "open" else 0)
+        if now >= self._next_sweep:
+            self._next_sweep = now + LEDGER_SWEEP_INTERVAL_SECONDS
+            self._sweep_ledger(now)
         if self.dlq_ttl and now >= self._next_retention:
             self._next_retention = now + RETENTION_INTERVAL_SECONDS
             removed = self.store.dlq_expire(self.clock(), self.dlq_ttl)
             if removed:
                 log.warning("DLQ retention: removed %d entries older than %.0f days",
                             removed, self.dlq_ttl / 86400)
+
+    def _sweep_ledger(self, now: float) -> None:
+        """Queue again messages lost between kombu's BRPOP and its unacked record."""
+        self._fronts.append((now, self.store.queue_front()))
+        passed = [front for at, front in self._fronts if at <= now - self.ledger_grace]
+        while len(self._fronts) > 1 and self._fronts[1][0] <= now - self.ledger_grace:
+            self._fronts.popleft()
+        if passed and passed[-1] > 0:
+            requeued = self.store.sweep_ledger(passed[-1])
+            if requeued:
+                log.warning("queued %d messages again: taken off the queue over %.0f s ago "
+                            "but never started (a worker killed mid-take?)",
+                            requeued, self.ledger_grace)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="retry-promoter", daemon=True)
@@ -120,7 +147,7 @@ class RetryPromoterStep(bootsteps.StartStopStep):
         settings = deliverer.settings
         metrics.serve(settings.metrics_port)
         self.promoter = RetryPromoter(deliverer.store, dlq_ttl=settings.dlq_ttl,
-                                      gate=deliverer.gate)
+                                      gate=deliverer.gate, ledger_grace=settings.ledger_grace)
         self.promoter.start()
 
     def stop(self, worker: Any) -> None:

@@ -295,6 +295,11 @@ def register(app: Celery) -> Any:
               ignore_result=True, typing=False)
     def deliver(self: Any, events: list[Any]) -> dict[str, int]:
         deliverer: Deliverer = self.app.forwarder_deliverer()
+        task_id = self.request.id
+        if task_id:
+            # From here on kombu's unacked record covers the message; the
+            # ledger (forwarder/ledger.py) covered the moment before.
+            deliverer._redis(lambda: deliverer.store.task_started(task_id))
         if not isinstance(events, list):
             events = [events]
         return deliverer.deliver_batch(events)
