@@ -38,7 +38,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -297,8 +297,12 @@ class DrainResult:
 
 
 def drain(spool: Spool, store: Store, *, max_messages: int | None = None,
-          budget: float | None = None, batch: int = DRAIN_BATCH) -> DrainResult:
-    """Move spooled messages into the queue, oldest first; Redis errors propagate."""
+          budget: float | None = None, batch: int = DRAIN_BATCH,
+          on_progress: Callable[[int], None] | None = None) -> DrainResult:
+    """Move spooled messages into the queue, oldest first; Redis errors propagate.
+
+    ``on_progress`` is called with the number of rows each batch took off the spool.
+    """
     push = store.client.register_script(_PUSH_LUA)
     marker = C.key(store.namespace, C.SPOOLED_PREFIX)
     deadline = None if budget is None else time.monotonic() + budget
@@ -326,6 +330,8 @@ def drain(spool: Spool, store: Store, *, max_messages: int | None = None,
             result.already_queued += 1
         else:
             result.messages += pushed
+        if on_progress is not None:
+            on_progress(len(rows))
 
 
 class SpoolingEnqueuer:

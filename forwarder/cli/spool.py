@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from datetime import datetime, timezone
 
@@ -94,8 +95,11 @@ def flush_cmd(obj: Ctx, path: str | None, as_json: bool) -> None:
     """
     sp, namespace = _spool(obj, path)
     store = obj.store()
+    total = sp.status(namespace).messages
     try:
-        result = drain(sp, store)
+        with click.progressbar(length=total, label="Flushing", file=sys.stderr,
+                               hidden=not sys.stderr.isatty()) as bar:
+            result = drain(sp, store, on_progress=bar.update)
     except redis.RedisError as exc:
         raise click.ClickException(redis_error_text(exc, obj.settings().redis_url)) from None
     left = sp.status(namespace)
