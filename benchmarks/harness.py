@@ -17,19 +17,14 @@ from forwarder.config import Settings
 from forwarder.redis_server import RedisServer, answers
 from forwarder.sandbox import Faults, Sandbox
 from forwarder.store import Store, connect
+from forwarder.supervise import tree_rss_kib
 
 API_KEY = "bench-key"
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process in MB, from /proc."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    """Resident memory of a worker (its supervisor and the Celery child) in MB."""
+    return tree_rss_kib(pid) / 1024
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> bool:

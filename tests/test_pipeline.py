@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -205,3 +208,15 @@ def test_a_message_lost_between_brpop_and_unacked_is_queued_again(
         "evt-1", "evt-2", "evt-3", "evt-4"]
     assert store.ledger_depth() == 0
     assert "queued 1 messages again" in worker.log()
+
+
+def test_the_worker_process_comes_back_when_celery_dies(settings, sandbox, start_worker):
+    worker = start_worker()
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+    assert len(children) == 1
+    os.kill(int(children[0]), signal.SIGKILL)  # e.g. an unrecoverable kombu error, an OOM kill
+    wait_until(lambda: "starting a new one" in worker.log(), message="restart notice")
+    wait_until(lambda: worker.log().count(" ready.") == 2, timeout=60, message="new child")
+    Forwarder(settings=settings).capture(capture_event(1))
+    wait_until(lambda: len(sandbox.events) == 1, message="delivery by the new child")
+    assert worker.stop() == 0  # SIGTERM is passed on and ends the supervision

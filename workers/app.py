@@ -64,6 +64,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     broker_url, broker_extra, broker_use_ssl = broker_connection(settings.redis_url)
     return {
         "broker_url": broker_url,
+        # kombu's Redis transport with a reconnect bug closed (workers/transport.py).
+        "broker_transport": "workers.transport:SentinelTransport"
+        if broker_url.startswith("sentinel://") else "workers.transport:Transport",
         # rediss://: the TLS options from the URL's query (None: plain TCP).
         "broker_use_ssl": broker_use_ssl,
         "broker_transport_options": {

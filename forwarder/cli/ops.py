@@ -21,6 +21,8 @@ def worker(obj: Ctx, celery_args: tuple[str, ...]) -> None:
 
     \b
     Defaults: threads pool, FORWARDER_CONCURRENCY threads, no gossip/mingle.
+    The Celery worker runs in a child process that is started again if it
+    exits on its own with a failure; SIGTERM stops both.
     Example:
       DISTINCT_API_KEY=... distinct-forwarder worker --loglevel=INFO
     """
@@ -35,6 +37,10 @@ def worker(obj: Ctx, celery_args: tuple[str, ...]) -> None:
         settings.require_delivery()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    from forwarder.supervise import CHILD_ENV, supervise
+
+    if os.environ.get(CHILD_ENV) != "1":
+        sys.exit(supervise([sys.executable, "-m", "forwarder", "worker", *celery_args]))
     from workers.app import create_app
 
     app = create_app(settings)

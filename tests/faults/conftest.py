@@ -28,6 +28,7 @@ from forwarder.config import Settings
 from forwarder.redis_server import RedisServer
 from forwarder.sandbox import Faults, Sandbox
 from forwarder.store import Store, connect
+from forwarder.supervise import tree_rss_kib
 from tests.conftest import API_KEY, WorkerProcess
 
 ROWS: list[dict[str, Any]] = []
@@ -41,14 +42,8 @@ def event(tag: str, i: int) -> dict[str, Any]:
 
 
 def peak_rss_kib(pid: int) -> int:
-    """The process's high-water RSS (VmHWM), 0 if it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    """High-water RSS (VmHWM) of a worker: its supervisor plus the Celery child."""
+    return tree_rss_kib(pid, "VmHWM")
 
 
 class ResetProxy:
