@@ -196,13 +196,34 @@ def test_experience_from_the_path_must_be_a_slug(relay, experience):
         "Must match [A-Za-z0-9._-]{1,128} and not be '.' or '..'."]}
 
 
+def _read_response(sock: socket.socket) -> str:
+    """One whole HTTP response from a raw socket: headers, then Content-Length bytes."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data.decode()
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode()
+
+
 def test_body_over_64_kib_is_413_before_and_while_reading(relay):
     # Declared too big: answered from the header alone, nothing of the body sent.
     with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock:
         sock.sendall(f"POST {CAPTURE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                      f"\r\nx-distinct-api-key: {KEY}\r\nContent-Length: 104857600\r\n\r\n"
                      .encode())
-        head = sock.recv(4096).decode()
+        head = _read_response(sock)
     assert head.startswith("HTTP/1.1 413"), head
     # Chunked, so no Content-Length: the read itself stops at the cap.
     chunks = (b"x" * 8192 for _ in range(10))
@@ -333,7 +354,7 @@ def test_malformed_chunked_body_is_400(relay):
         sock.sendall(f"POST {CAPTURE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                      f"\r\nx-distinct-api-key: {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n"
                      "zz\r\n{}\r\n0\r\n\r\n".encode())
-        head = sock.recv(4096).decode()
+        head = _read_response(sock)
     assert head.startswith("HTTP/1.1 400"), head
     assert '"statusCode":400' in head and "Incomplete or malformed body" in head, head
 
