@@ -33,12 +33,12 @@ def test_sandbox_accepts_and_the_outcome_is_delivered(sandbox):
 
 
 def test_slow_answer_past_the_read_timeout_is_transient(sandbox):
-    sandbox.faults.latency_ms = 800
+    sandbox.faults.latency_ms = 3000
     started = time.monotonic()
     outcome = _client(sandbox.url, read_timeout=0.2).send(_event())
     assert outcome.verdict == "transient" and outcome.status is None
     assert "Timeout" in outcome.detail
-    assert time.monotonic() - started < 0.7
+    assert time.monotonic() - started < 2.5  # gave up long before the 3 s answer
 
 
 def test_refused_connection_is_transient():
