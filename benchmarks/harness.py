@@ -17,7 +17,7 @@ from forwarder.config import Settings
 from forwarder.redis_server import RedisServer, answers
 from forwarder.sandbox import Faults, Sandbox
 from forwarder.store import Store, connect
-from forwarder.supervise import tree_rss_kib
+from forwarder.supervise import stop_process, tree_rss_kib
 
 API_KEY = "bench-key"
 
@@ -78,13 +78,9 @@ class Bench:
     def close(self) -> None:
         for proc in self.workers:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)  # all at once, then wait for each
         for proc in self.workers:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc, 30)
         self.sandbox.stop()
         self.store.wipe()
         if self.private is not None:

@@ -28,7 +28,6 @@ import multiprocessing
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -44,6 +43,7 @@ from forwarder.config import Settings
 from forwarder.producer import Forwarder
 from forwarder.redis_server import RedisServer, answers
 from forwarder.store import Store, connect
+from forwarder.supervise import stop_process
 
 KEY = "bench-relay-key-7d1f0c2b9e"
 PATH = "/api/v1/analytics/capture/fifa-cwc-2025"
@@ -204,11 +204,7 @@ def main() -> None:
         if result["statuses"] != {200: result["requests"]}:
             raise SystemExit("some requests were not answered 200")
     finally:
-        relay.send_signal(signal.SIGTERM)
-        try:
-            relay.wait(30)
-        except subprocess.TimeoutExpired:
-            relay.kill()
+        stop_process(relay, 30)
         Store(connect(redis_url), namespace).wipe()
         shutil.rmtree(log.parent, ignore_errors=True)
         if server:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -22,6 +22,7 @@ from forwarder.redis_server import INSTALL_HINT, RedisServer, answers
 from forwarder.sandbox import Faults, Sandbox
 from forwarder.schemas import PHOTO_TYPES, format_timestamp
 from forwarder.store import Store, connect
+from forwarder.supervise import stop_process
 
 NAMESPACE = "distinct-forwarder-demo"
 EXPERIENCE = "fifa-cwc-2025"
@@ -94,19 +95,24 @@ def run_demo(redis_url: str | None, events: int = 300, clean: bool = False) -> i
                DISTINCT_API_URL=sandbox.url, DISTINCT_API_KEY=API_KEY,
                # Short waits so retries show within the demo; defaults are 1 s / 10 min.
                FORWARDER_BACKOFF_BASE="0.2", FORWARDER_BACKOFF_CAP="2")
+    # A file, not a pipe nobody reads: a chatty worker must never block on it.
+    worker_log = tempfile.NamedTemporaryFile(prefix="fwd-demo-worker-", suffix=".log",  # noqa: SIM115
+                                             delete=False)
     worker = subprocess.Popen([sys.executable, "-m", "forwarder", "worker",
                                "--loglevel=WARNING", "--concurrency=8"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              env=env, stdout=worker_log, stderr=subprocess.STDOUT)
     echo(f"Started a worker (pid {worker.pid}).")
+    code = 1
     try:
-        return _drive(store, sandbox, url, events, echo)
+        code = _drive(store, sandbox, url, events, echo)
+        if code != 0:
+            echo(f"The worker's log: {worker_log.name}")
+        return code
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(5)
+        stop_process(worker, 20)
+        worker_log.close()
+        if code == 0:
+            os.unlink(worker_log.name)
         sandbox.stop()
         if clean or private is not None:
             store.wipe()

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import redis
 
+from forwarder.supervise import stop_process
+
 INSTALL_HINT = (
     "No Redis answered and no redis-server could be started. Get one with:\n"
     "  sudo apt-get install redis-server        (Debian/Ubuntu)\n"
@@ -82,13 +84,8 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            stop_process(self.process, 10)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

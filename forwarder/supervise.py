@@ -77,6 +77,18 @@ def supervise(argv: Sequence[str], env: dict[str, str] | None = None) -> int:
         pause = min(pause * 2, MAX_PAUSE)
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
+    """SIGTERM a child, wait ``timeout`` seconds, then SIGKILL it; returns its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    return int(process.returncode)
+
+
 def tree_rss_kib(pid: int, field: str = "VmRSS") -> int:
     """Resident memory (or ``VmHWM``, its peak) of a process and its descendants, in KiB."""
     total = 0
