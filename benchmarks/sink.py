@@ -159,35 +159,46 @@ class AsyncSink:
         self.dir.cleanup()
 
 
-def request_rate(url: str, count: int, clients: int) -> float:
-    """POSTs per second the sink answers with ``clients`` client processes."""
+async def _async_posts(port: int, count: int, connections: int) -> int:
+    body = b'{"eventValue":"x"}'
+    request = (b"POST /api/v1/analytics/capture/bench HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               b"Content-Type: application/json\r\nx-distinct-api-key: k\r\n"
+               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    left = [count]
+
+    async def one_connection() -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        ok = 0
+        while left[0] > 0:
+            left[0] -= 1
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+            await reader.readexactly(length)
+            ok += head.startswith(b"HTTP/1.1 200")
+        writer.close()
+        return ok
+
+    return sum(await asyncio.gather(*(one_connection() for _ in range(connections))))
+
+
+def _async_rate_child(port: int, count: int, connections: int) -> float:
+    started = time.perf_counter()
+    done = asyncio.run(_async_posts(port, count, connections))
+    return done / (time.perf_counter() - started)
+
+
+def async_rate(url: str, count: int, connections: int) -> float:
+    """POSTs per second a sink answers to a lean asyncio client in its own process.
+
+    Raw HTTP/1.1 on keep-alive connections, so the client costs far less per
+    request than the sink: the figure is the sink's capacity, not the client's.
+    """
     from concurrent.futures import ProcessPoolExecutor
 
-    started = time.perf_counter()
-    with ProcessPoolExecutor(clients) as pool:
-        done = sum(pool.map(_post_loop, [url] * clients, [count // clients] * clients))
-    return done / (time.perf_counter() - started)
+    port = int(url.rsplit(":", 1)[1])
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_async_rate_child, port, count, connections).result()
 
 
-def _post_loop(url: str, count: int) -> int:
-    session = requests.Session()
-    body = json.dumps({"eventValue": "x"}).encode()
-    headers = {"Content-Type": "application/json", "x-distinct-api-key": "k"}
-    ok = 0
-    for _ in range(count):
-        ok += session.post(url + "/api/v1/analytics/capture/bench", data=body,
-                           headers=headers, timeout=10).status_code == 200
-    return ok
-
-
-def concurrent_rate(url: str, count: int, threads: int) -> float:
-    """POSTs per second with ``threads`` threads in one process (for a slow sink)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        done = sum(pool.map(_post_loop, [url] * threads, [count // threads] * threads))
-    return done / (time.perf_counter() - started)
-
-
-__all__: list[Any] = ["AsyncSink", "NginxSink", "concurrent_rate", "request_rate"]
+__all__: list[Any] = ["AsyncSink", "NginxSink", "async_rate"]

@@ -136,7 +136,7 @@ class Settings:
     rate_limit: float | None = None
     dlq_ttl: float = C.DEFAULT_DLQ_TTL
     metrics_port: int | None = None
-    ledger_grace: float = C.LEDGER_GRACE_SECONDS
+    fetch_grace: float = C.FETCH_GRACE_SECONDS
     #: HTTP relay: the x-distinct-api-key values it accepts (several, for rotation).
     relay_keys: tuple[str, ...] = ()
 
@@ -184,7 +184,7 @@ class Settings:
         take("FORWARDER_RATE_LIMIT", "rate_limit", _parse_float)
         take("FORWARDER_DLQ_TTL", "dlq_ttl", parse_duration)
         take("FORWARDER_METRICS_PORT", "metrics_port", _parse_int)
-        take("FORWARDER_LEDGER_GRACE", "ledger_grace", parse_duration)
+        take("FORWARDER_FETCH_GRACE", "fetch_grace", parse_duration)
         take("FORWARDER_RELAY_KEYS", "relay_keys", _parse_keys)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if problems:
@@ -279,8 +279,8 @@ class Settings:
             )
         if self.rate_limit is not None and self.rate_limit <= 0:
             problems.append("FORWARDER_RATE_LIMIT: must be greater than 0 (unset for no limit)")
-        if self.ledger_grace <= 0:
-            problems.append("FORWARDER_LEDGER_GRACE: must be greater than 0")
+        if self.fetch_grace <= 0:
+            problems.append("FORWARDER_FETCH_GRACE: must be greater than 0")
         if self.dlq_ttl <= 0:
             problems.append("FORWARDER_DLQ_TTL: must be greater than 0")
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import redis
 
 from forwarder import constants as C
-from forwarder.ledger import PUSH_FN
+from forwarder.fetching import PUSH_FN
 
 AdmitState = Literal["delivered", "busy", "open", "wait", "claimed"]
 #: ok: Distinct answered (delivered or rejected an event). fail: transient
@@ -53,35 +53,61 @@ local function was_delivered(prefix, member, now, ttl)
 end
 """
 
-# KEYS: delivered prefix, inflight:id, breaker, probe, rate
-# ARGV: token, claim_ttl_ms, rate_per_s (0 = none), max_wait_s, member, dedupe_ttl
+# Admit events in order, each as if alone: once one is refused for the
+# breaker or the rate, every later one gets the same answer; once one holds
+# the half-open breaker's probe, the rest wait for its verdict.
+# KEYS: delivered prefix, inflight prefix, breaker, probe, rate
+# ARGV: token, claim_ttl_ms, rate_per_s (0 = none), max_wait_s, dedupe_ttl,
+#       then (id, dedupe member) pairs
 _ADMIT_LUA = NOW_LUA + DELIVERED_FN + """
-if was_delivered(KEYS[1], ARGV[5], now, tonumber(ARGV[6])) then return {'delivered'} end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {'busy'} end
-local probe = 0
-if redis.call('HGET', KEYS[3], 'state') == 'open' then
-  local open_until = tonumber(redis.call('HGET', KEYS[3], 'open_until') or '0')
-  if now < open_until then return {'open', tostring(open_until)} end
-  if not redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then
-    return {'open', tostring(now + 1)}
+local token, claim_ms, rate, max_wait = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
+local out = {}
+local blocked = nil
+local tat = nil
+for i = 6, #ARGV, 2 do
+  local inflight = KEYS[2] .. ARGV[i]
+  local reply = nil
+  if was_delivered(KEYS[1], ARGV[i + 1], now, ttl) then reply = {'delivered'}
+  elseif redis.call('EXISTS', inflight) == 1 then reply = {'busy'}
+  elseif blocked then reply = blocked
+  else
+    local probe = 0
+    if redis.call('HGET', KEYS[3], 'state') == 'open' then
+      local open_until = tonumber(redis.call('HGET', KEYS[3], 'open_until') or '0')
+      if now < open_until then
+        blocked = {'open', tostring(open_until)}
+      elseif not redis.call('SET', KEYS[4], token, 'NX', 'PX', claim_ms) then
+        blocked = {'open', tostring(now + 1)}
+      else
+        probe = 1
+      end
+    end
+    local wait = 0
+    if not blocked and rate > 0 then
+      if not tat then tat = tonumber(redis.call('GET', KEYS[5]) or '0') end
+      if tat < now then tat = now end
+      wait = tat - now
+      if wait > max_wait then
+        if probe == 1 then redis.call('DEL', KEYS[4]) end
+        blocked = {'wait', tostring(wait)}
+      else
+        tat = tat + 1 / rate
+        redis.call('SET', KEYS[5], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
+      end
+    end
+    if blocked then
+      reply = blocked
+    else
+      redis.call('SET', inflight, token, 'PX', claim_ms)
+      reply = {'claimed', tostring(wait), probe}
+      if probe == 1 then blocked = {'open', tostring(now + 1)} end
+    end
   end
-  probe = 1
+  out[#out + 1] = reply
 end
-local wait = 0
-local rate = tonumber(ARGV[3])
-if rate > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[5]) or '0')
-  if tat < now then tat = now end
-  wait = tat - now
-  if wait > tonumber(ARGV[4]) then
-    if probe == 1 then redis.call('DEL', KEYS[4]) end
-    return {'wait', tostring(wait)}
-  end
-  local next_tat = tat + 1 / rate
-  redis.call('SET', KEYS[5], tostring(next_tat), 'PX', math.ceil((next_tat - now) * 1000) + 1000)
-end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', tonumber(ARGV[2]))
-return {'claimed', tostring(wait), probe}
+return out
 """
 
 # KEYS: delivered prefix; ARGV: member, dedupe_ttl
@@ -168,10 +194,10 @@ _RECORD_LUA = NOW_LUA + BREAKER_FN + "return breaker_record(KEYS, ARGV)\n"
 # open -> nothing, except one event to serve as the probe once the cooldown
 # is over; just closed -> a limit that doubles every ramp step, so a backlog
 # is released in steps; then the full batch.
-# KEYS: retry, queue, breaker, probe, released-marker, ledger, ledger messages, seq
+# KEYS: retry, queue, breaker, probe, released-marker
 # ARGV: now (worker clock, compared with due scores), limit, ramp_start, ramp_step_s
 PROMOTE_LUA = NOW_LUA + """
-local K_QUEUE, K_LEDGER, K_LEDGER_MSG, K_SEQ = KEYS[2], KEYS[6], KEYS[7], KEYS[8]
+local K_QUEUE = KEYS[2]
 """ + PUSH_FN + """
 local limit = tonumber(ARGV[2])
 local breaker = redis.call('HMGET', KEYS[3], 'state', 'open_until', 'closed_at')
@@ -256,29 +282,33 @@ class Gate:
         self._record = client.register_script(_RECORD_LUA)
 
     def admit(self, event_id: str, token: str, claim_ttl: float) -> Admission:
-        reply = self._admit(
-            keys=[self.delivered_prefix, self.inflight_prefix + event_id,
-                  self.breaker_key, self.probe_key, self.rate_key],
-            args=[token, max(1, int(claim_ttl * 1000)), self.rate_limit, C.RATE_MAX_WAIT,
-                  dedupe_member(event_id), self.dedupe_ttl],
+        return self.admit_many([event_id], token, claim_ttl)[0]
+
+    def admit_many(self, event_ids: list[str], token: str,
+                   claim_ttl: float) -> list[Admission]:
+        """One Lua call deciding, in order, what may be sent of ``event_ids``."""
+        args: list[Any] = [token, max(1, int(claim_ttl * 1000)), self.rate_limit,
+                           C.RATE_MAX_WAIT, self.dedupe_ttl]
+        for event_id in event_ids:
+            args += [event_id, dedupe_member(event_id)]
+        replies = self._admit(
+            keys=[self.delivered_prefix, self.inflight_prefix, self.breaker_key,
+                  self.probe_key, self.rate_key],
+            args=args,
         )
-        state = _text(reply[0])
-        if state == "open":
-            return Admission("open", until=float(_text(reply[1])))
-        if state == "wait":
-            return Admission("wait", wait=float(_text(reply[1])))
-        if state == "claimed":
-            return Admission("claimed", wait=float(_text(reply[1])), probe=bool(int(reply[2])))
-        return Admission(state)  # type: ignore[arg-type]
+        return [_admission(reply) for reply in replies]
 
     @property
     def breaker_keys(self) -> list[str]:
         return [self.breaker_key, self.probe_key, self.window_prefix]
 
-    def breaker_args(self, signal: Signal, token: str | None, reason: str) -> list[Any]:
+    def breaker_policy_args(self) -> list[Any]:
         p = self.policy
-        return [signal, token or "", p.consecutive, p.min_requests, p.ratio, p.window,
-                p.cooldown_min, p.cooldown_max, reason]
+        return [p.consecutive, p.min_requests, p.ratio, p.window, p.cooldown_min,
+                p.cooldown_max]
+
+    def breaker_args(self, signal: Signal, token: str | None, reason: str) -> list[Any]:
+        return [signal, token or "", *self.breaker_policy_args(), reason]
 
     def record(self, signal: Signal, token: str | None, reason: str, pipe: Any) -> None:
         """Queue only the breaker's update on ``pipe`` (outcomes use Store.finish)."""
@@ -295,6 +325,17 @@ class Gate:
             cooldown=float(raw.get("cooldown") or 0),
             opened_count=int(raw.get("opened_count") or 0),
         )
+
+
+def _admission(reply: list[Any]) -> Admission:
+    state = _text(reply[0])
+    if state == "open":
+        return Admission("open", until=float(_text(reply[1])))
+    if state == "wait":
+        return Admission("wait", wait=float(_text(reply[1])))
+    if state == "claimed":
+        return Admission("claimed", wait=float(_text(reply[1])), probe=bool(int(reply[2])))
+    return Admission(state)  # type: ignore[arg-type]
 
 
 def _text(value: Any) -> str:

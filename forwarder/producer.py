@@ -20,7 +20,7 @@ from forwarder.config import Settings, is_valid_slug
 from forwarder.constants import MESSAGE_BATCH
 from forwarder.errors import ConfigError, InvalidEvent
 from forwarder.fastpath import fast_body
-from forwarder.messages import Event, Kind, build_message, event_id_for
+from forwarder.messages import Event, Kind, build_message, event_id_for, random_uuid
 from forwarder.schemas import CAPTURE_SCHEMA, USER_ANALYTICS_SCHEMA
 from forwarder.spool import Spool, SpoolingEnqueuer
 from forwarder.store import Store, connect
@@ -182,11 +182,19 @@ class Forwarder:
         now = time.time()
         events: list[Event] = []
         errors: dict[str, list[str]] = {}
+        # The common case (every event valid, a valid slug) in a tight loop;
+        # anything else goes through validate_event for its field errors.
+        fast = kind != "capture" or (isinstance(experience, str) and is_valid_slug(experience))
         for index, data in enumerate(items):
-            body, item_errors = validate_event(kind, data, experience, prefix=str(index))
-            errors.update(item_errors)
+            body = fast_body(kind, data) if fast and not errors else None
+            if body is None:
+                body, item_errors = validate_event(kind, data, experience, prefix=str(index))
+                errors.update(item_errors)
             if not errors:
-                events.append(self._event(kind, body, experience, keys[index], now))
+                key = keys[index]
+                events.append({"id": random_uuid() if key is None else event_id_for(key),
+                               "kind": kind, "experience": experience, "body": body,
+                               "attempts": 0, "first_seen": now})
         if errors:
             raise InvalidEvent(errors)
         messages = [

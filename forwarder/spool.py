@@ -48,7 +48,7 @@ import redis
 from forwarder import constants as C
 from forwarder.config import Settings
 from forwarder.errors import EnqueueError, SpoolFull
-from forwarder.ledger import PUSH_FN
+from forwarder.fetching import PUSH_FN
 from forwarder.store import Store, redis_error_text
 
 log = logging.getLogger("distinct_forwarder.spool")
@@ -74,9 +74,9 @@ BUSY_TIMEOUT_MS = 5000
 #: Times this process refused a capture because the spool was full.
 SPOOL_FULL_TOTAL = 0
 
-# KEYS: queue, batch marker, ledger, ledger messages, seq (see forwarder/ledger.py)
+# KEYS: queue, batch marker
 _PUSH_LUA = """
-local K_QUEUE, K_LEDGER, K_LEDGER_MSG, K_SEQ = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
+local K_QUEUE = KEYS[1]
 """ + PUSH_FN + """
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[1])) then
   for i = 2, #ARGV do push_message(ARGV[i]) end
@@ -318,8 +318,7 @@ def drain(spool: Spool, store: Store, *, max_messages: int | None = None,
         if not rows:
             return result
         try:
-            pushed = int(push(keys=[store.queue_key, marker + token, store.ledger_key,
-                                    store.ledger_msg_key, C.key(store.namespace, C.QUEUE_SEQ)],
+            pushed = int(push(keys=[store.queue_key, marker + token],
                               args=[PUSHED_MARKER_TTL, *[m for _, m in rows]]))
         except BaseException:
             # Not known whether Redis ran it: the marker decides on the next try.

@@ -62,6 +62,8 @@ def collect(settings: Settings, store: Store, ping: bool = True) -> dict[str, An
     return {
         "namespace": store.namespace,
         "queue": store.queue_depth(),
+        # Batches that running tasks took off the queue (forwarder/fetching.py).
+        "taken_batches": store.taken_depth(),
         "retry": store.retry_depth(),
         "retry_next_due_in": None if due is None else round(max(0.0, due - now), 1),
         "oldest_waiting_age": round(now - min(oldest), 1) if oldest else None,
@@ -98,7 +100,8 @@ def render(report: dict[str, Any], color: bool = False) -> str:
     redis_info = report["redis"]
     lines = [
         ("namespace", report["namespace"]),
-        ("queue", report["queue"]),
+        ("queue", f"{report['queue']}" + (f" (+{report['taken_batches']} batches being "
+                                          "delivered)" if report["taken_batches"] else "")),
         ("retry set", f"{report['retry']}" + (f" (next due in {due} s)" if due is not None
                                                 else "")),
         ("oldest waiting", "-" if oldest is None else f"{oldest} s"),

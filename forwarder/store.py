@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import redis
@@ -20,6 +22,7 @@ from redis.retry import Retry
 
 from forwarder import constants as C
 from forwarder.config import mask_url
+from forwarder.fetching import PUSH_FN, RELEASE_LUA, RESCUE_LUA, RESTORE_TAKEN_LUA, TAKE_LUA
 from forwarder.gate import (
     BREAKER_FN,
     DELIVERED_FN,
@@ -28,42 +31,75 @@ from forwarder.gate import (
     PROMOTE_LUA,
     dedupe_member,
 )
-from forwarder.ledger import ENQUEUE_LUA, PUSH_FN, STARTED_LUA, SWEEP_LUA
 
 ReplayState = Literal["replayed", "skipped", "missing"]
-#: The breaker's keys and arguments (Gate.breaker_keys, Gate.breaker_args), so an
-#: outcome and the breaker's update happen in one Lua call.
+#: The breaker's keys and policy (Gate.breaker_keys, Gate.breaker_policy_args), so
+#: outcomes and the breaker's updates happen in one Lua call.
 Breaker = tuple[list[str], list[Any]]
+#: What an outcome leaves behind: delivered (a dedupe entry), retried or
+#: deferred (the message in the retry set), dead_lettered (a DLQ entry), or
+#: released (nothing: the claim is given up unsent, the event stays with the task).
+FinishOutcome = Literal["delivered", "retried", "deferred", "dead_lettered", "released"]
 
-# One outcome of one event, in one atomic step: release the in-flight claim
-# (only if still ours), store the outcome, count it, and update the breaker.
-# KEYS: inflight:id, stats:minute, delivered prefix, retry, dlq, dlq index,
+
+@dataclass(frozen=True)
+class Finish:
+    """One event's outcome for :meth:`Store.finish_many`.
+
+    delivered: no payload, score is the dedupe TTL. retried/deferred: payload
+    is the message, score its due time. dead_lettered: payload is the entry's
+    JSON, score the time of death. ``signal`` ('ok', 'fail', 'auth') feeds the
+    breaker; empty for an event that was never sent.
+    """
+
+    event_id: str
+    outcome: FinishOutcome
+    payload: str | bytes = ""
+    score: float = 0.0
+    signal: str = ""
+    reason: str = ""
+
+
+# Outcomes of a chunk of events, in order, in one atomic step. For each:
+# release the in-flight claim (only if still ours), store the outcome, count
+# it, and feed the breaker. Returns the breaker's changes ('opened'...).
+# KEYS: inflight prefix, stats:minute, delivered prefix, retry, dlq, dlq index,
 #       dlq reason prefix, [breaker, probe, window prefix]
-# ARGV: token, outcome, payload, score, id, [breaker args...]
+# ARGV: token, 6 breaker policy values (or ''), then (id, outcome, payload,
+#       score, signal, reason) per event
 _FINISH_LUA = NOW_LUA + BREAKER_FN + """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-local outcome = ARGV[2]
-if outcome == 'delivered' then
-  local hour = math.floor(now / 3600)
-  redis.call('SADD', KEYS[3] .. hour, ARGV[3])
-  redis.call('EXPIREAT', KEYS[3] .. hour, (hour + 1) * 3600 + math.ceil(tonumber(ARGV[4])))
-elseif outcome == 'dead_lettered' then
-  local ok, entry = pcall(cjson.decode, ARGV[3])
-  redis.call('HSET', KEYS[5], ARGV[5], ARGV[3])
-  redis.call('ZADD', KEYS[6], ARGV[4], ARGV[5])
-  if ok and type(entry) == 'table' and type(entry['reason']) == 'string' then
-    redis.call('ZADD', KEYS[7] .. entry['reason'], ARGV[4], ARGV[5])
+local token = ARGV[1]
+local changes = {}
+for i = 8, #ARGV, 6 do
+  local id, outcome, payload, score = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local inflight = KEYS[1] .. id
+  if token ~= '' and redis.call('GET', inflight) == token then redis.call('DEL', inflight) end
+  if outcome == 'delivered' then
+    local hour = math.floor(now / 3600)
+    redis.call('SADD', KEYS[3] .. hour, payload)
+    redis.call('EXPIREAT', KEYS[3] .. hour, (hour + 1) * 3600 + math.ceil(tonumber(score)))
+  elseif outcome == 'dead_lettered' then
+    local ok, entry = pcall(cjson.decode, payload)
+    redis.call('HSET', KEYS[5], id, payload)
+    redis.call('ZADD', KEYS[6], score, id)
+    if ok and type(entry) == 'table' and type(entry['reason']) == 'string' then
+      redis.call('ZADD', KEYS[7] .. entry['reason'], score, id)
+    end
+  elseif outcome ~= 'released' then
+    redis.call('ZADD', KEYS[4], score, payload)
   end
-else
-  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+  if outcome ~= 'released' then
+    redis.call('HINCRBY', KEYS[2], outcome, 1)
+  end
+  local signal = ARGV[i + 4]
+  if signal ~= '' and #KEYS > 7 then
+    local change = breaker_record({KEYS[8], KEYS[9], KEYS[10]},
+      {signal, token, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[i + 5]})
+    if change ~= '' then changes[#changes + 1] = change end
+  end
 end
-redis.call('HINCRBY', KEYS[2], outcome, 1)
 redis.call('EXPIRE', KEYS[2], 7200)
-if #KEYS > 7 then
-  return breaker_record({KEYS[8], KEYS[9], KEYS[10]},
-    {ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]})
-end
-return ''
+return changes
 """
 
 # Remove one dead letter from the hash, the index and its reason's index.
@@ -84,11 +120,10 @@ end
 # Replay dead letters: ARGV holds (id, message) pairs. An entry whose id was
 # delivered meanwhile is dropped as 'skipped'; otherwise its message is pushed
 # and only then the entry removed, in the same atomic step.
-# KEYS: dlq hash, dlq index, reason prefix, queue, delivered prefix, ledger,
-#       ledger messages, seq
+# KEYS: dlq hash, dlq index, reason prefix, queue, delivered prefix
 # ARGV: dedupe_ttl, then (id, dedupe member, message) triples
 _REPLAY_LUA = NOW_LUA + DELIVERED_FN + _DLQ_REMOVE_FN + """
-local K_QUEUE, K_LEDGER, K_LEDGER_MSG, K_SEQ = KEYS[4], KEYS[6], KEYS[7], KEYS[8]
+local K_QUEUE = KEYS[4]
 """ + PUSH_FN + """
 local out = {}
 local ttl = tonumber(ARGV[1])
@@ -127,8 +162,12 @@ return #old
 DLQ_REASONS = ("rejected", "exhausted", "expired", "malformed")
 
 
-def connect(redis_url: str, *, timeout: float | None = None, retries: int = 1) -> redis.Redis:
+def connect(redis_url: str, *, timeout: float | None = None, retries: int = 1,
+            max_connections: int | None = None) -> redis.Redis:
     """A Redis client; ``timeout`` bounds connect and every command.
+
+    ``max_connections`` raises the pool's limit (redis-py's default is 100)
+    for a process with more threads than that.
 
     ``redis://``, ``unix://`` and ``rediss://`` (TLS; ``ssl_cert_reqs``,
     ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` query parameters pass
@@ -144,6 +183,8 @@ def connect(redis_url: str, *, timeout: float | None = None, retries: int = 1) -
         "health_check_interval": 30,
         "client_name": "distinct-forwarder",
     }
+    if max_connections is not None:
+        options["max_connections"] = max_connections
     if redis_url.startswith("sentinel://"):
         from redis.sentinel import Sentinel
 
@@ -177,6 +218,13 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def dead_letter_finish(entry: dict[str, Any], now: float, signal: str = "",
+                       reason: str = "") -> Finish:
+    """The Finish that stores ``entry`` in the dead-letter queue."""
+    return Finish(entry["id"], "dead_lettered", json.dumps(entry, separators=(",", ":")),
+                  now, signal, reason)
+
+
 def _minute(now: float) -> int:
     return int(now // 60)
 
@@ -200,13 +248,14 @@ class Store:
         self.stats_prefix = k(C.STATS_PREFIX)
         self._breaker_keys = [k(C.BREAKER), k(C.BREAKER_PROBE), k(C.BREAKER_RELEASED)]
         self._dlq_keys = [self.dlq_key, self.dlq_index_key, self.dlq_reason_prefix]
-        self.ledger_key = k(C.LEDGER)
-        self.ledger_msg_key = k(C.LEDGER_MESSAGES)
-        self.front_key = k(C.QUEUE_FRONT)
-        self._push_keys = [self.queue_key, self.ledger_key, self.ledger_msg_key, k(C.QUEUE_SEQ)]
-        self._enqueue = client.register_script(ENQUEUE_LUA)
-        self._started = client.register_script(STARTED_LUA)
-        self._sweep = client.register_script(SWEEP_LUA)
+        self.taken_key = k(C.TAKEN)
+        self._taken_keys = [self.queue_key, self.taken_key, k(C.TAKEN_PREFIX)]
+        self.fetchers_key = k(C.FETCHERS)
+        self.fetch_prefix = k(C.FETCH_PREFIX)
+        self._take = client.register_script(TAKE_LUA)
+        self._release = client.register_script(RELEASE_LUA)
+        self._restore_taken = client.register_script(RESTORE_TAKEN_LUA)
+        self._rescue = client.register_script(RESCUE_LUA)
         self._promote = client.register_script(PROMOTE_LUA)
         self._finish_script = client.register_script(_FINISH_LUA)
         self._is_delivered = client.register_script(IS_DELIVERED_LUA)
@@ -216,24 +265,71 @@ class Store:
 
     # --- queue -------------------------------------------------------------
     def enqueue(self, messages: Sequence[str]) -> None:
-        """Append messages to the queue (and the ledger) in one round trip."""
+        """Append messages to the queue: one LPUSH, one round trip."""
         if messages:
-            self._enqueue(keys=self._push_keys, args=list(messages))
+            self.client.lpush(self.queue_key, *messages)
 
-    def task_started(self, task_id: str) -> bool:
-        """A task began: its message leaves the ledger, the front moves up."""
-        return bool(self._started(keys=[self.ledger_key, self.ledger_msg_key, self.front_key],
-                                  args=[task_id]))
+    def take(self, limit: int, events: int | None = None,
+             hold: float = C.VISIBILITY_TIMEOUT_SECONDS) -> tuple[str, list[str]]:
+        """Take up to ``limit`` messages (and about ``events`` events) into a taken batch.
 
-    def queue_front(self) -> int:
-        return int(self.client.get(self.front_key) or 0)
+        Returns the batch id and the messages. Until :meth:`release` drops the
+        batch, its messages come back to the queue ``hold`` seconds from now
+        (:meth:`restore_taken`), so a worker dying mid-batch loses nothing.
+        """
+        batch = uuid.uuid4().hex
+        messages = self._take(keys=self._taken_keys,
+                              args=[batch, limit, hold, limit if events is None else events])
+        return batch, [_text(m) for m in messages]
 
-    def sweep_ledger(self, front: int, limit: int = C.PROMOTE_BATCH) -> int:
-        """Queue again ledger entries below ``front`` (see forwarder/ledger.py)."""
-        return int(self._sweep(keys=self._push_keys, args=[front, limit]))
+    def release(self, batch: str, hand_back: Sequence[str] = ()) -> None:
+        """A taken batch is done; queue ``hand_back`` (unsent events) in the same step."""
+        self._release(keys=self._taken_keys, args=[batch, *hand_back])
 
-    def ledger_depth(self) -> int:
-        return int(self.client.zcard(self.ledger_key))
+    def restore_taken(self, limit: int = C.PROMOTE_BATCH) -> int:
+        """Queue again the messages of taken batches past their deadline."""
+        return int(self._restore_taken(keys=self._taken_keys, args=[limit]))
+
+    def taken_depth(self) -> int:
+        """How many taken batches are being delivered (or wait to come back)."""
+        return int(self.client.zcard(self.taken_key))
+
+    # --- fetch lists (forwarder/fetching.py) ----------------------------------
+    def fetchers(self) -> list[tuple[str, float]]:
+        """Every registered fetch list and its worker's last sign of life."""
+        entries = cast(list[tuple[bytes, float]],
+                       self.client.zrange(self.fetchers_key, 0, -1, withscores=True))
+        return [(_text(key), float(seen)) for key, seen in entries]
+
+    def fetching(self, fetch_list: str) -> list[str]:
+        """The messages in one fetch list (normally none)."""
+        return [_text(m) for m in self.client.lrange(fetch_list, 0, -1)]
+
+    def fetching_depth(self) -> int:
+        """Messages in every fetch list: fetched, not yet recorded by kombu."""
+        keys = [key for key, _ in self.fetchers()]
+        if not keys:
+            return 0
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.llen(key)
+            return sum(int(n) for n in pipe.execute())
+
+    def rescue(self, fetch_list: str, messages: Sequence[str]) -> int:
+        """Queue again ``messages`` if they are still in ``fetch_list``; returns how many."""
+        if not messages:
+            return 0
+        return int(self._rescue(keys=[self.queue_key, fetch_list], args=list(messages)))
+
+    def forget_fetcher(self, fetch_list: str, silent_since: float) -> bool:
+        """Drop a fetch list's entry if it is empty and silent since ``silent_since``."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.llen(fetch_list)
+            pipe.zscore(self.fetchers_key, fetch_list)
+            depth, seen = pipe.execute()
+        if depth or seen is None or float(seen) > silent_since:
+            return False
+        return bool(self.client.zrem(self.fetchers_key, fetch_list))
 
     def queue_depth(self) -> int:
         return int(self.client.llen(self.queue_key))
@@ -252,7 +348,7 @@ class Store:
         share right after it closes, then ``limit``.
         """
         return int(self._promote(
-            keys=[self.retry_key, self.queue_key, *self._breaker_keys, *self._push_keys[1:]],
+            keys=[self.retry_key, self.queue_key, *self._breaker_keys],
             args=[now, limit, C.RAMP_START, C.RAMP_STEP_SECONDS],
         ))
 
@@ -267,39 +363,36 @@ class Store:
         first = self.client.zrange(self.retry_key, 0, 0)
         return _text(first[0]) if first else None
 
-    # --- outcomes: each one Lua call, with the breaker's update ---------------
-    def finish(self, event_id: str, token: str | None, outcome: str, payload: str | bytes,
-               score: float, now: float, breaker: Breaker | None = None) -> str:
-        """Record one outcome atomically; returns the breaker's change ('' if none).
-
-        delivered: payload is the dedupe member, score the dedupe TTL.
-        retried/deferred: payload is the message, score its due time.
-        dead_lettered: payload is the entry's JSON, score the time of death.
-        """
-        keys = [self.inflight_prefix + event_id, self.stats_prefix + str(_minute(now)),
+    # --- outcomes: one Lua call per chunk, with the breaker's updates ---------
+    def finish_many(self, token: str | None, items: Sequence[Finish], now: float,
+                    breaker: Breaker | None = None) -> list[str]:
+        """Record outcomes atomically, in order; returns the breaker's changes."""
+        if not items:
+            return []
+        keys = [self.inflight_prefix, self.stats_prefix + str(_minute(now)),
                 self.delivered_prefix, self.retry_key, self.dlq_key, self.dlq_index_key,
                 self.dlq_reason_prefix]
-        args: list[Any] = [token or "", outcome, payload, repr(score), event_id]
+        args: list[Any] = [token or ""]
         if breaker is not None:
-            gate_keys, gate_args = breaker
-            keys += gate_keys
-            args += gate_args
-        return _text(self._finish_script(keys=keys, args=args))
+            keys += breaker[0]
+            args += breaker[1]
+        else:
+            args += [""] * 6
+        for item in items:
+            args += [item.event_id, item.outcome, item.payload, repr(item.score), item.signal,
+                     item.reason]
+        return [_text(c) for c in self._finish_script(keys=keys, args=args)]
 
-    def mark_delivered(self, event_id: str, token: str | None, ttl: float, now: float,
-                       breaker: Breaker | None = None) -> str:
-        return self.finish(event_id, token, "delivered", dedupe_member(event_id), ttl, now,
-                           breaker)
+    def mark_delivered(self, event_id: str, token: str | None, ttl: float, now: float) -> None:
+        self.finish_many(token, [Finish(event_id, "delivered", dedupe_member(event_id), ttl)],
+                         now)
 
     def schedule_retry(self, event_id: str, token: str | None, message: str, due: float,
-                       now: float, outcome: str = "retried",
-                       breaker: Breaker | None = None) -> str:
-        return self.finish(event_id, token, outcome, message, due, now, breaker)
+                       now: float, outcome: FinishOutcome = "retried") -> None:
+        self.finish_many(token, [Finish(event_id, outcome, message, due)], now)
 
-    def dead_letter(self, entry: dict[str, Any], token: str | None, now: float,
-                    breaker: Breaker | None = None) -> str:
-        payload = json.dumps(entry, separators=(",", ":"))
-        return self.finish(entry["id"], token, "dead_lettered", payload, now, now, breaker)
+    def dead_letter(self, entry: dict[str, Any], token: str | None, now: float) -> None:
+        self.finish_many(token, [dead_letter_finish(entry, now)], now)
 
     def is_delivered(self, event_id: str) -> bool:
         """Whether Distinct accepted this id within the dedupe window."""
@@ -364,8 +457,8 @@ class Store:
         args: list[Any] = [self.dedupe_ttl]
         for event_id, message in pairs:
             args += [event_id, dedupe_member(event_id), message]
-        states = self._replay(keys=[*self._dlq_keys, self.queue_key, self.delivered_prefix,
-                                    *self._push_keys[1:]], args=args)
+        states = self._replay(keys=[*self._dlq_keys, self.queue_key, self.delivered_prefix],
+                              args=args)
         return [cast(ReplayState, _text(s)) for s in states]
 
     def dlq_delete(self, ids: Sequence[str]) -> int:

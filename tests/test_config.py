@@ -49,7 +49,7 @@ def test_defaults_from_empty_environment():
     assert s.max_age == 72 * 3600.0
     assert s.dedupe_ttl == 24 * 3600.0
     assert s.enqueue_timeout == 0.25
-    assert s.concurrency == 16
+    assert s.concurrency == 96
     assert s.log_format == "text"
     assert s == Settings()
 

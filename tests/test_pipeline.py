@@ -192,22 +192,29 @@ def test_api_key_never_stored_in_redis(settings, sandbox, start_worker, store, r
     assert found == []
 
 
-def test_a_message_lost_between_brpop_and_unacked_is_queued_again(
+def test_a_message_stranded_in_a_dead_workers_fetch_list_is_queued_again(
     settings, sandbox, start_worker, store
 ):
     fwd = Forwarder(settings=settings)
     fwd.capture(capture_event(1))
-    # A worker took it off the queue and was killed before kombu recorded it
-    # as unacknowledged: only the ledger still knows about it.
-    assert store.client.rpop(store.queue_key) is not None
+    # A worker fetched it into its fetch list and was killed before kombu
+    # recorded it as unacknowledged: only the fetch list still holds it.
+    dead = f"{store.namespace}:fetching:deadhost:1:0000"
+    assert store.client.lmove(store.queue_key, dead, "RIGHT", "LEFT") is not None
+    store.client.zadd(store.fetchers_key, {dead: time.time() - 5})
     for i in range(2, 5):
         fwd.capture(capture_event(i))
-    worker = start_worker(env={"FORWARDER_LEDGER_GRACE": "2"})
+    worker = start_worker(env={"FORWARDER_FETCH_GRACE": "2"})
     wait_until(lambda: len(sandbox.events) == 4, timeout=60, message="all four delivered")
     assert sorted(e["body"]["eventValue"] for e in sandbox.events) == [
         "evt-1", "evt-2", "evt-3", "evt-4"]
-    assert store.ledger_depth() == 0
     assert "queued 1 messages again" in worker.log()
+    # The live worker fetched through its own list, registered and now empty.
+    lists = [key for key, _ in store.fetchers()]
+    assert dead in lists and len(lists) == 2
+    assert store.fetching_depth() == 0 and store.queue_depth() == 0
+    time.sleep(1)
+    assert len(sandbox.events) == 4
 
 
 def test_the_worker_process_comes_back_when_celery_dies(settings, sandbox, start_worker):

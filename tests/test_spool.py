@@ -90,8 +90,7 @@ def test_a_batch_pushed_before_a_crash_is_not_queued_twice(store, tmp_path):
     token, rows = spool.claim(store.namespace, 100)
     push = store.client.register_script(_PUSH_LUA)
     marker = f"{store.namespace}:spooled:{token}"
-    keys = [store.queue_key, marker, store.ledger_key, store.ledger_msg_key,
-            f"{store.namespace}:ledger:seq"]
+    keys = [store.queue_key, marker]
     assert push(keys=keys, args=[60, *[m for _, m in rows]]) == 10
     # Its claim is not retaken while fresh...
     assert spool.claim(store.namespace, 100)[1] == []

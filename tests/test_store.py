@@ -7,7 +7,6 @@ import time
 
 from forwarder import dlq
 from forwarder.gate import Gate
-from forwarder.ledger import task_id_of
 from forwarder.messages import Event, build_message, events_in_message
 from forwarder.store import Store, connect
 
@@ -118,30 +117,68 @@ def test_purge_removes_entry_and_index(store):
     assert store.dlq_depth() == 0 and store.client.zcard(store.dlq_index_key) == 0
 
 
-def test_ledger_follows_each_queued_message_until_its_task_starts(store):
+def _values(messages: list[str]) -> list[str]:
+    return [e["body"]["eventValue"] for m in messages for e in events_in_message(m)]
+
+
+def test_a_taken_batch_leaves_the_queue_and_comes_back_only_if_never_released(store):
     now = time.time()
-    messages = [build_message([_event(i, now)]) for i in range(5)]
-    store.enqueue(messages[:3])
-    store.enqueue(messages[3:])
-    assert store.ledger_depth() == 5
-    ids = [task_id_of(m) for m in messages]
-    # The queue is FIFO: BRPOP takes the first one queued.
-    taken = store.client.rpop(store.queue_key).decode()
-    assert task_id_of(taken) == ids[0]
-    assert store.task_started(ids[1]) and not store.task_started("unknown")
-    assert store.queue_front() == 2 and store.ledger_depth() == 4
-    # ids[0] was taken but never started: below the front, it is queued again.
-    assert store.sweep_ledger(store.queue_front()) == 1
-    queued = [task_id_of(m.decode()) for m in store.client.lrange(store.queue_key, 0, -1)]
-    assert queued.count(ids[0]) == 1 and queued[0] == ids[0]  # at the back
-    # Its new sequence number is above the front: not swept again meanwhile.
-    assert store.sweep_ledger(store.queue_front()) == 0
+    store.enqueue([build_message([_event(i, now)]) for i in range(5)])
+    # FIFO: the oldest messages are taken first, in order.
+    batch, taken = store.take(3)
+    assert _values(taken) == ["v0", "v1", "v2"] and store.queue_depth() == 2
+    assert store.taken_depth() == 1
+    # Released with one event handed back: that one is queued, the batch is gone.
+    store.release(batch, [build_message([_event(7, now)])])
+    assert store.taken_depth() == 0 and store.queue_depth() == 3
+    # A batch whose worker died comes back whole once its deadline passes.
+    _lost, taken = store.take(10, hold=0.2)
+    assert len(taken) == 3 and store.queue_depth() == 0
+    assert store.restore_taken() == 0
+    time.sleep(0.3)
+    assert store.restore_taken() == 3
+    assert sorted(_values(store.fetching(store.queue_key))) == ["v3", "v4", "v7"]
+    assert store.taken_depth() == 0 and store.restore_taken() == 0
+    # A take stops once its messages carry the events asked for.
+    store.client.delete(store.queue_key)
+    store.enqueue([build_message([_event(i, now) for i in range(20)]),
+                   build_message([_event(i, now) for i in range(20)]),
+                   build_message([_event(99, now)])])
+    batch, taken = store.take(10, events=25)
+    assert [len(events_in_message(m)) for m in taken] == [20, 20]
+    store.release(batch)
+    # An empty take leaves nothing behind.
+    store.client.delete(store.queue_key)
+    batch, taken = store.take(5)
+    assert taken == [] and store.taken_depth() == 0
 
 
-def test_promotion_and_replay_write_the_ledger_too(store):
+def test_a_message_stranded_in_a_fetch_list_is_rescued_once(store):
+    now = time.time()
+    store.enqueue([build_message([_event(i, now)]) for i in range(2)])
+    fetch_list = f"{store.namespace}:fetching:host:1:dead"
+    stranded = store.client.lmove(store.queue_key, fetch_list, "RIGHT", "LEFT").decode()
+    store.client.zadd(store.fetchers_key, {fetch_list: now - 3600})
+    assert store.fetchers() == [(fetch_list, now - 3600)]
+    assert store.fetching(fetch_list) == [stranded] and store.fetching_depth() == 1
+    # Two sweepers at once: the message is queued again exactly once.
+    assert store.rescue(fetch_list, [stranded]) == 1
+    assert store.rescue(fetch_list, [stranded]) == 0
+    assert store.queue_depth() == 2 and store.fetching_depth() == 0
+    # A silent, empty fetch list is forgotten; a live one is kept.
+    assert not store.forget_fetcher(fetch_list, now - 7200)
+    assert store.forget_fetcher(fetch_list, now)
+    assert store.fetchers() == []
+
+
+def test_capture_promotion_and_replay_are_plain_pushes(store):
     now = time.time()
     store.client.zadd(store.retry_key, {build_message([_event(1, now)]): now - 1})
     _dead(store, 9, now)
+    store.enqueue([build_message([_event(2, now)])])
     assert store.promote_due(time.time()) == 1
     dlq.replay(store)
-    assert store.ledger_depth() == 2 and store.queue_depth() == 2
+    assert store.queue_depth() == 3
+    # Nothing but the queue holds them: no second copy per queued message.
+    names = {k.decode().split(":", 1)[1] for k in store.client.keys(f"{store.namespace}:*")}
+    assert {n for n in names if not n.startswith(("dlq", "stats:"))} == {"deliver"}

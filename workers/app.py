@@ -75,6 +75,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # Every kombu key (queue list, unacked hash, bindings) under the
             # namespace, next to the forwarder's own keys.
             "global_keyprefix": f"{settings.namespace}:",
+            # One list per queue, whatever a message's priority: the channel
+            # fetches it with BLMOVE into a fetch list (workers/transport.py),
+            # so a kill -9 between fetch and kombu's unacked record loses nothing.
+            "priority_steps": [0],
             # A taken message whose worker died comes back after this long.
             # It exceeds the longest task (TASK_BUDGET_SECONDS plus one
             # request's timeouts), so a running task is never handed to a

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -20,10 +19,12 @@ import redis
 from celery import bootsteps
 
 from forwarder.constants import (
-    LEDGER_GRACE_SECONDS,
-    LEDGER_SWEEP_INTERVAL_SECONDS,
+    FETCH_GRACE_SECONDS,
+    FETCH_SWEEP_INTERVAL_SECONDS,
+    FETCHER_EXPIRY_SECONDS,
     PROMOTE_BATCH,
     PROMOTE_INTERVAL_SECONDS,
+    VISIBILITY_TIMEOUT_SECONDS,
 )
 from forwarder.gate import Gate
 from forwarder.store import Store
@@ -50,7 +51,7 @@ class RetryPromoter:
         clock: Callable[[], float] = time.time,
         dlq_ttl: float | None = None,
         gate: Gate | None = None,
-        ledger_grace: float = LEDGER_GRACE_SECONDS,
+        fetch_grace: float = FETCH_GRACE_SECONDS,
     ):
         self.store = store
         self.interval = interval
@@ -59,9 +60,9 @@ class RetryPromoter:
         self.gate = gate
         self._next_gauges = 0.0
         self._next_sweep = 0.0
-        self.ledger_grace = ledger_grace
-        #: (time, front) samples: the front as it stood a grace period ago.
-        self._fronts: deque[tuple[float, int]] = deque()
+        self.fetch_grace = fetch_grace
+        #: Messages seen in fetch lists, and when this sweeper first saw each.
+        self._stranded: dict[tuple[str, str], float] = {}
         self._next_retention = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,8 +104,12 @@ class RetryPromoter:
             if self.gate is not None:
                 metrics.BREAKER_OPEN.set(1 if self.gate.state().state == "open" else 0)
         if now >= self._next_sweep:
-            self._next_sweep = now + LEDGER_SWEEP_INTERVAL_SECONDS
-            self._sweep_ledger(now)
+            self._next_sweep = now + FETCH_SWEEP_INTERVAL_SECONDS
+            self._sweep_fetch_lists(now)
+            restored = self.store.restore_taken()
+            if restored:
+                log.warning("queued %d messages again: a worker took them over %.0f s ago "
+                            "and never finished (killed?)", restored, VISIBILITY_TIMEOUT_SECONDS)
         if self.dlq_ttl and now >= self._next_retention:
             self._next_retention = now + RETENTION_INTERVAL_SECONDS
             removed = self.store.dlq_expire(self.clock(), self.dlq_ttl)
@@ -112,18 +117,28 @@ class RetryPromoter:
                 log.warning("DLQ retention: removed %d entries older than %.0f days",
                             removed, self.dlq_ttl / 86400)
 
-    def _sweep_ledger(self, now: float) -> None:
-        """Queue again messages lost between kombu's BRPOP and its unacked record."""
-        self._fronts.append((now, self.store.queue_front()))
-        passed = [front for at, front in self._fronts if at <= now - self.ledger_grace]
-        while len(self._fronts) > 1 and self._fronts[1][0] <= now - self.ledger_grace:
-            self._fronts.popleft()
-        if passed and passed[-1] > 0:
-            requeued = self.store.sweep_ledger(passed[-1])
+    def _sweep_fetch_lists(self, now: float) -> None:
+        """Queue again messages stranded between a fetch and kombu's unacked record."""
+        seen: dict[tuple[str, str], float] = {}
+        for fetch_list, last_seen in self.store.fetchers():
+            messages = self.store.fetching(fetch_list)
+            if not messages and last_seen < self.clock() - FETCHER_EXPIRY_SECONDS:
+                self.store.forget_fetcher(fetch_list, last_seen)
+            for message in messages:
+                seen[(fetch_list, message)] = self._stranded.get((fetch_list, message), now)
+        self._stranded = seen
+        by_list: dict[str, list[str]] = {}
+        for (fetch_list, message), first in seen.items():
+            if now - first >= self.fetch_grace:
+                by_list.setdefault(fetch_list, []).append(message)
+        for fetch_list, messages in by_list.items():
+            requeued = self.store.rescue(fetch_list, messages)
+            for message in messages:
+                self._stranded.pop((fetch_list, message), None)
             if requeued:
-                log.warning("queued %d messages again: taken off the queue over %.0f s ago "
-                            "but never started (a worker killed mid-take?)",
-                            requeued, self.ledger_grace)
+                log.warning("queued %d messages again: fetched over %.0f s ago by a worker "
+                            "that never recorded them (killed mid-fetch?)", requeued,
+                            self.fetch_grace)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="retry-promoter", daemon=True)
@@ -147,7 +162,7 @@ class RetryPromoterStep(bootsteps.StartStopStep):
         settings = deliverer.settings
         metrics.serve(settings.metrics_port)
         self.promoter = RetryPromoter(deliverer.store, dlq_ttl=settings.dlq_ttl,
-                                      gate=deliverer.gate, ledger_grace=settings.ledger_grace)
+                                      gate=deliverer.gate, fetch_grace=settings.fetch_grace)
         self.promoter.start()
 
     def stop(self, worker: Any) -> None:

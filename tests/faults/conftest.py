@@ -209,7 +209,9 @@ class Rig:
         missing = len(self.captured) - self.delivered_count()
         raise AssertionError(f"{self.name}: {missing} of {len(self.captured)} events not "
                              f"delivered after {timeout:.0f} s (queue "
-                             f"{self.store.queue_depth()}, retry {self.store.retry_depth()})")
+                             f"{self.store.queue_depth()}, retry {self.store.retry_depth()}, "
+                             f"taken batches {self.store.taken_depth()}, fetching "
+                             f"{self.store.fetching_depth()})")
 
     def row(self, note: str = "") -> dict[str, Any]:
         self.sample_rss()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from forwarder.constants import LEDGER_GRACE_SECONDS, VISIBILITY_TIMEOUT_SECONDS
+from forwarder.constants import FETCH_GRACE_SECONDS, VISIBILITY_TIMEOUT_SECONDS
 from forwarder.sandbox import Faults
 from tests.conftest import API_KEY, wait_until
 from tests.faults.conftest import ResetProxy, Rig
@@ -91,17 +91,18 @@ def test_worker_kill9_mid_load_redelivered_within_5_minutes(rig):
     r.start_worker()
     # Done when everything arrived, or once the visibility timeout has passed
     # and nothing is left anywhere in Redis (queue, retry set, unacked hash).
-    # kombu's Redis transport takes a message with BRPOP and records it in
-    # its unacked hash only afterwards: a message killed in between comes
-    # back through the ledger (forwarder/ledger.py), the others through
-    # kombu's visibility timeout.
+    # A message killed between its fetch and kombu's unacked record comes
+    # back from the dead worker's fetch list (forwarder/fetching.py), one a
+    # task had taken along comes back with its taken batch, the others
+    # through kombu's visibility timeout.
     def settled() -> bool:
         r.sample_rss()
         if r.delivered_count() >= len(r.captured):
             return True
-        idle = not (r.store.queue_depth() or r.store.retry_depth() or r.store.ledger_depth()
-                    or r.store.client.hlen(f"{r.namespace}:unacked"))
-        return idle and time.time() - killed_at > LEDGER_GRACE_SECONDS + 30
+        idle = not (r.store.queue_depth() or r.store.retry_depth() or r.store.fetching_depth()
+                    or r.store.taken_depth() or r.store.client.hlen(f"{r.namespace}:unacked"))
+        return idle and time.time() - killed_at > max(VISIBILITY_TIMEOUT_SECONDS,
+                                                      FETCH_GRACE_SECONDS) + 30
 
     wait_until(settled, 330, 1.0, "redelivery after the kill")
     done_at = max(max(t) for t in r.accepted_times().values())
@@ -133,8 +134,15 @@ def test_worker_sigterm_mid_load_finishes_and_hands_back(rig):
     # Nothing left taken-but-unfinished: kombu's unacked hash is empty at once.
     assert r.store.client.hlen(f"{r.namespace}:unacked") == 0
     assert code == 0, first.log()[-2000:]
-    r.start_worker()
-    r.wait_delivered(60)  # far below the 180 s a stranded message would need
+    second = r.start_worker()
+    try:
+        r.wait_delivered(60)  # far below the 180 s a stranded message would need
+    except AssertionError as exc:
+        due = r.store.client.zrange(r.store.retry_key, 0, 2, withscores=True)
+        notes = [line for w in (first, second) for line in w.log().splitlines()
+                 if "delivered" not in line][-60:]
+        raise AssertionError(f"{exc}\nretry due {[(d - time.time()) for _, d in due]}\n"
+                             + "\n".join(notes)) from None
     row = r.row(f"exit {took:.1f} s after SIGTERM")
     _no_loss(row)
     assert took <= r.settings.shutdown_timeout + 3
