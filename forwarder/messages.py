@@ -39,15 +39,15 @@ class Event(TypedDict):
     first_seen: float
 
 
+_VARIANT = "89ab"
+
+
 def random_uuid() -> str:
     """``str(uuid.uuid4())``, in a third of the time (it runs for every event)."""
     h = os.urandom(16).hex()
     # Version 4 in the 13th digit; the RFC 4122 variant (8, 9, a or b) in the 17th.
     return (f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-"
             f"{h[20:]}")
-
-
-_VARIANT = "89ab"
 
 
 def event_id_for(idempotency_key: str | None) -> str:

@@ -156,13 +156,13 @@ class Forwarder:
             return None
         return experience if experience is not None else self.settings.experience
 
+    @staticmethod
     def _event(
-        self, kind: Kind, body: dict[str, Any], experience: str | None, key: str | None, now: float
+        kind: Kind, body: dict[str, Any], experience: str | None, key: str | None, now: float
     ) -> Event:
-        return Event(
-            id=event_id_for(key), kind=kind, experience=experience, body=body,
-            attempts=0, first_seen=now,
-        )
+        # A dict literal: this runs for every event, capture_many()'s included.
+        return {"id": random_uuid() if key is None else event_id_for(key), "kind": kind,
+                "experience": experience, "body": body, "attempts": 0, "first_seen": now}
 
     def _send_one(
         self, kind: Kind, data: Any, experience: str | None, key: str | None
@@ -191,10 +191,7 @@ class Forwarder:
                 body, item_errors = validate_event(kind, data, experience, prefix=str(index))
                 errors.update(item_errors)
             if not errors:
-                key = keys[index]
-                events.append({"id": random_uuid() if key is None else event_id_for(key),
-                               "kind": kind, "experience": experience, "body": body,
-                               "attempts": 0, "first_seen": now})
+                events.append(self._event(kind, body, experience, keys[index], now))
         if errors:
             raise InvalidEvent(errors)
         messages = [

@@ -110,7 +110,7 @@ def test_events_already_delivered_are_skipped_without_a_post(
     assert len(sandbox.events) == 5
 
 
-def test_an_open_breaker_parks_the_whole_chunk_with_one_probe_at_most(
+def test_once_the_breaker_opens_the_rest_is_parked_without_a_post(
     deliverer: Deliverer, sandbox: Sandbox, store: Store
 ) -> None:
     sandbox.faults.fail_next = 1000
@@ -121,6 +121,7 @@ def test_an_open_breaker_parks_the_whole_chunk_with_one_probe_at_most(
     assert counts["deferred"] == 30
     assert store.retry_depth() == 40 and not _inflight_keys(store)
     assert deliverer.gate.state().state == "open"
+    assert sandbox.stats.get("503", 0) == 10
 
 
 def test_an_unexpected_error_parks_the_message_instead_of_losing_it(
@@ -166,3 +167,22 @@ def test_more_threads_than_redis_pys_default_pool(settings: Settings, sandbox: S
     # Each thread holds a connection of its own: more than redis-py's default 100.
     assert sum(r.get("delivered", 0) for r in results) == 300
     assert len(sandbox.events) == 300
+
+
+def test_a_chunk_cut_short_by_shutdown_releases_its_claims_and_hands_back(
+    settings: Settings, sandbox: Sandbox, store: Store
+) -> None:
+    live = replace(settings, api_url=sandbox.url, api_key=API_KEY)
+
+    class StopAfterFirst(DistinctClient):
+        def send(self, event: Event) -> Outcome:
+            outcome = super().send(event)
+            deliverer.stopping.set()  # SIGTERM arrives during the first POST
+            return outcome
+
+    deliverer = Deliverer(live, client=StopAfterFirst(live))
+    counts = deliverer.deliver_batch(_events(5))
+    assert counts == {"delivered": 1, "handed_back": 4}
+    # The four unsent events are queued again, and none keeps an in-flight
+    # claim that would make its new copy wait as "busy".
+    assert store.queue_depth() == 1 and not _inflight_keys(store)

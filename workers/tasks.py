@@ -219,7 +219,7 @@ class Deliverer:
             [e["id"] for e in chunk], token, self.claim_ttl))
         admitted_at = time.monotonic()
         now = self.clock()
-        finishes: list[Finish] = []
+        finishes: list[Finish] = []  # the parked ones
         again: list[Event] = []
         claimed: list[tuple[Event, Admission]] = []
         delivered: list[tuple[Event, Outcome]] = []
@@ -249,10 +249,9 @@ class Deliverer:
                 metrics.DEFERRED.inc()
         # Parked events first, in one call: none of them was sent.
         self._record(token, finishes, [])
-        finishes = []
         for index, (event, admission) in enumerate(claimed):
             if index and (self.stopping.is_set() or time.monotonic() > deadline):
-                again += self._give_back(claimed[index:], finishes)
+                again += self._give_back(token, claimed[index:])
                 break
             slot = admitted_at + admission.wait - time.monotonic()
             if slot > 0:
@@ -263,18 +262,15 @@ class Deliverer:
                 log.exception("unexpected error sending id=%s", event["id"])
                 outcome = Outcome("transient", None, f"internal error: {type(exc).__name__}: {exc}")
             finish, report, name = self._outcome(event, outcome)
-            finishes.append(finish)
             counts[name] = counts.get(name, 0) + 1
             if name == "delivered":
                 delivered.append((event, outcome))
-            if outcome.verdict not in ("delivered", "rejected"):
-                again += self._give_back(claimed[index + 1:], finishes)
-                self._record(token, finishes, [report])
-                break
             # Each outcome is stored as soon as it is known: a worker killed
             # now can leave at most this one POST to be sent twice.
-            self._record(token, finishes, [report])
-            finishes = []
+            self._record(token, [finish], [report])
+            if outcome.verdict not in ("delivered", "rejected"):
+                again += self._give_back(token, claimed[index + 1:])
+                break
         _log_delivered(delivered)
         if rate_wait and again:
             self.sleep(rate_wait * self.rng.uniform(0.5, 1.0))
@@ -293,9 +289,9 @@ class Deliverer:
         for change in changes:
             self._log_breaker(change)
 
-    @staticmethod
-    def _give_back(unsent: list[tuple[Event, Admission]], finishes: list[Finish]) -> list[Event]:
-        finishes += [Finish(event["id"], "released") for event, _ in unsent]
+    def _give_back(self, token: str, unsent: list[tuple[Event, Admission]]) -> list[Event]:
+        """Release the claims of events admitted but not sent; returns the events."""
+        self._record(token, [Finish(event["id"], "released") for event, _ in unsent], [])
         return [event for event, _ in unsent]
 
     def _outcome(self, event: Event, outcome: Outcome) -> tuple[Finish, Callable[[], None], str]:
