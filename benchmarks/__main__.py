@@ -23,7 +23,7 @@ import requests
 from benchmarks.harness import Bench, photo_event, rss_mb, wait_until
 from benchmarks.sink import AsyncSink, NginxSink, async_rate
 from forwarder import Forwarder
-from forwarder.messages import build_message
+from forwarder.messages import encode_event, random_uuid
 
 Row = tuple[str, str, str, str, str]
 
@@ -37,8 +37,10 @@ def bench_enqueue(bench: Bench, runs: int, n: int) -> list[Row]:
     client = bench.store.client
     raw_key = bench.store.queue_key + ":raw"
     event = photo_event(1)
-    message = build_message([{"id": "x", "kind": "capture", "experience": "bench-exp",
-                              "body": event, "attempts": 0, "first_seen": time.time()}])
+    # The same bytes capture() writes for this event: the baseline is the LPUSH alone.
+    message = encode_event({"id": random_uuid(), "kind": "capture", "experience": "bench-exp",
+                            "body": {**event, "recordCapturedAt": "2026-11-28T10:15:00.000Z"},
+                            "attempts": 0, "first_seen": time.time()})
 
     def raw_single() -> float:
         start = time.perf_counter()

@@ -13,7 +13,9 @@ import uuid
 
 import redis
 
-from forwarder.store import Store, connect
+from forwarder.store import Store, connect, dedupe_member
+from workers.gate import BreakerPolicy
+from workers.outcomes import Finish, Outcomes
 
 
 def _used(client: redis.Redis) -> int:
@@ -36,9 +38,12 @@ def measure(redis_url: str, events: int) -> dict[str, float]:
         baseline = (_used(client) - before) / events
         store.wipe()
         before = _used(client)
-        now = time.time()
-        for event_id in ids:
-            store.mark_delivered(event_id, None, 86400, now)
+        # Through finish.lua, as workers record deliveries (32 per call).
+        outcomes = Outcomes(client, ns, f"{ns}:held:bench", BreakerPolicy(), 86400)
+        for start in range(0, events, 32):
+            outcomes.store("", [Finish(f"b:{i}", event_id, "delivered", dedupe_member(event_id))
+                                for i, event_id in enumerate(ids[start:start + 32])])
+        client.delete(*client.keys(f"{ns}:stats:*"))
         ours = (_used(client) - before) / events
     finally:
         store.wipe()

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from forwarder.config import Settings
+from forwarder.processes import stop_process, tree_rss_kib
 from forwarder.redis_server import RedisServer, answers
 from forwarder.sandbox import Faults, Sandbox
 from forwarder.store import Store, connect
-from forwarder.supervise import stop_process, tree_rss_kib
 
 API_KEY = "bench-key"
 

@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from forwarder.config import Settings
+from forwarder.processes import stop_process
 from forwarder.producer import Forwarder
 from forwarder.redis_server import RedisServer, answers
 from forwarder.store import Store, connect
-from forwarder.supervise import stop_process
 
 KEY = "bench-relay-key-7d1f0c2b9e"
 PATH = "/api/v1/analytics/capture/fifa-cwc-2025"

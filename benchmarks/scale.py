@@ -19,7 +19,6 @@ from typing import Any
 
 from benchmarks.harness import Bench, photo_event, rss_mb, wait_until
 from forwarder import Forwarder
-from forwarder.gate import Gate
 
 
 def run_outage(outage_s: float, rate: float = 20.0, workers: int = 2, pre_s: float = 5.0,
@@ -29,7 +28,6 @@ def run_outage(outage_s: float, rate: float = 20.0, workers: int = 2, pre_s: flo
     with Bench(redis_url) as bench:
         procs = [bench.start_worker(**worker_env) for _ in range(workers)]
         fwd = Forwarder(settings=bench.settings)
-        gate = Gate(bench.store.client, bench.namespace)
         captured = 0
         stop = threading.Event()
         produce_until = time.time() + pre_s + outage_s + 5.0
@@ -55,7 +53,7 @@ def run_outage(outage_s: float, rate: float = 20.0, workers: int = 2, pre_s: flo
         opened_at = None
         states: list[tuple[float, str]] = []
         while time.time() < outage_end:
-            state = gate.state()
+            state = bench.store.breaker()
             if state.state == "open" and opened_at is None:
                 opened_at = time.time()
             states.append((time.time(), state.state))

@@ -17,7 +17,10 @@ from urllib.parse import urlsplit, urlunsplit
 from forwarder import constants as C
 from forwarder.errors import ConfigError
 
-SLUG_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
+#: An experience slug: one URL path segment, never "." or "..".
+SLUG_CHARS = "A-Za-z0-9._-"
+SLUG_MAX = 128
+SLUG_RE = re.compile(rf"^[{SLUG_CHARS}]{{1,{SLUG_MAX}}}\Z")
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _QUERY_PASSWORD_RE = re.compile(r"((?:^|[?&])password=)[^&#]*")
@@ -136,7 +139,8 @@ class Settings:
     rate_limit: float | None = None
     dlq_ttl: float = C.DEFAULT_DLQ_TTL
     metrics_port: int | None = None
-    fetch_grace: float = C.FETCH_GRACE_SECONDS
+    #: A worker silent this long is declared dead and what it held is requeued.
+    worker_timeout: float = C.WORKER_DEAD_AFTER_SECONDS
     #: HTTP relay: the x-distinct-api-key values it accepts (several, for rotation).
     relay_keys: tuple[str, ...] = ()
 
@@ -184,7 +188,7 @@ class Settings:
         take("FORWARDER_RATE_LIMIT", "rate_limit", _parse_float)
         take("FORWARDER_DLQ_TTL", "dlq_ttl", parse_duration)
         take("FORWARDER_METRICS_PORT", "metrics_port", _parse_int)
-        take("FORWARDER_FETCH_GRACE", "fetch_grace", parse_duration)
+        take("FORWARDER_WORKER_TIMEOUT", "worker_timeout", parse_duration)
         take("FORWARDER_RELAY_KEYS", "relay_keys", _parse_keys)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if problems:
@@ -246,13 +250,11 @@ class Settings:
             problems.append("FORWARDER_MAX_ATTEMPTS: must be at least 1")
         if not 1 <= self.concurrency <= 512:
             problems.append("FORWARDER_CONCURRENCY: must be between 1 and 512")
-        if self.connect_timeout + self.read_timeout + C.TASK_BUDGET_SECONDS >= (
-            C.VISIBILITY_TIMEOUT_SECONDS
-        ):
+        if self.connect_timeout + self.read_timeout >= C.MAX_REQUEST_SECONDS:
             problems.append(
                 "FORWARDER_CONNECT_TIMEOUT + FORWARDER_READ_TIMEOUT: must stay under "
-                f"{C.VISIBILITY_TIMEOUT_SECONDS - C.TASK_BUDGET_SECONDS:.0f} s so a running "
-                "task is never handed to a second worker"
+                f"{C.MAX_REQUEST_SECONDS:.0f} s (longer is a stuck connection, and the "
+                "event's claim would block it as long)"
             )
         problems += self._scale_problems()
         problems += _relay_key_problems(self.relay_keys)
@@ -279,10 +281,10 @@ class Settings:
             )
         if self.rate_limit is not None and self.rate_limit <= 0:
             problems.append("FORWARDER_RATE_LIMIT: must be greater than 0 (unset for no limit)")
-        if self.fetch_grace <= 0:
-            problems.append("FORWARDER_FETCH_GRACE: must be greater than 0")
         if self.dlq_ttl <= 0:
             problems.append("FORWARDER_DLQ_TTL: must be greater than 0")
+        if not 1 <= self.worker_timeout <= 3600:
+            problems.append("FORWARDER_WORKER_TIMEOUT: must be between 1 s and 1 h")
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             problems.append("FORWARDER_METRICS_PORT: must be a TCP port (1-65535)")
         return problems

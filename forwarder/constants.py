@@ -1,7 +1,7 @@
-"""Every Redis key name and every default, in one place.
+"""Every Redis key name, every timer and every default, in one place.
 
 All keys live under the namespace (``FORWARDER_NAMESPACE``); kombu's own keys
-(queue list, ``unacked`` hash, bindings) get the same prefix through its
+(each worker's dispatch queue, bindings) get the same prefix through its
 ``global_keyprefix`` transport option, so two deployments can share a Redis
 database without seeing each other's events.
 """
@@ -9,18 +9,23 @@ database without seeing each other's events.
 from __future__ import annotations
 
 # --- Redis keys, relative to the namespace -------------------------------
-#: The Celery queue name; kombu stores it as a list at ``{ns}:{QUEUE}``.
-QUEUE = "deliver"
-#: Sorted set of messages waiting for a retry, scored by due time (epoch s).
+# docs/lifecycle.md draws how an event moves between these.
+#: List of events waiting for a worker (JSON, one event per item): producers,
+#: the spool, promotions and replays LPUSH; workers take from the right end.
+QUEUE = "queue"
+#: Sorted set of events waiting for a retry, scored by due time (Redis clock).
 RETRY_SET = "retry"
 #: Hash: event id -> dead-letter entry (JSON).
 DLQ_ENTRIES = "dlq"
 #: Sorted set: event id scored by the time it was dead-lettered.
 DLQ_INDEX = "dlq:index"
+#: Sorted sets of DLQ ids by reason, scored like DLQ_INDEX.
+DLQ_REASON_PREFIX = "dlq:reason:"
 #: One set per hour of delivered event ids (16-byte UUIDs), ``delivered:{hour}``,
 #: kept for the dedupe window plus the rest of its hour.
 DELIVERED_PREFIX = "delivered:"
-#: String per event id while one worker holds the right to POST it.
+#: String per event id while one worker holds the right to POST it; its value
+#: is ``{worker}|{token}``.
 INFLIGHT_PREFIX = "inflight:"
 #: Hash: the shared circuit breaker (state, reason, open_until, cooldown...).
 BREAKER = "breaker"
@@ -32,23 +37,32 @@ BREAKER_RELEASED = "breaker:released"
 BREAKER_WINDOW_PREFIX = "breaker:w:"
 #: The global rate limit's theoretical arrival time (GCRA), Redis clock.
 RATE = "rate"
-#: Sorted sets of DLQ ids by reason, scored like DLQ_INDEX.
-DLQ_REASON_PREFIX = "dlq:reason:"
-#: List per worker channel, ``fetching:{id}``: the message it is taking off
-#: the queue, until kombu has recorded it as unacknowledged (fetching.py).
-FETCH_PREFIX = "fetching:"
-#: Sorted set: every fetch list, scored by its worker's last sign of life.
-FETCHERS = "fetchers"
-#: Sorted set: id of each batch of messages a running task took off the
-#: queue, scored by the (Redis) time it is due back if never finished.
-TAKEN = "taken"
-#: Hash per taken batch, ``taken:{batch}``: position -> message.
-TAKEN_PREFIX = "taken:"
 #: Hash of per-minute outcome counters: ``stats:{minute}`` -> {outcome: n}.
 STATS_PREFIX = "stats:"
 #: String per spool claim batch pushed to the queue, so that a batch retaken
 #: after a producer crashed between push and delete is not queued twice.
 SPOOLED_PREFIX = "spooled:"
+#: Sorted set: every live worker process, scored by its last heartbeat.
+WORKERS = "workers"
+#: Hash per worker, ``worker:{id}``: host, pid, threads, started, beat.
+WORKER_INFO_PREFIX = "worker:"
+#: Hash per worker, ``held:{id}``: ``{batch}:{n}`` -> event, every event the
+#: worker took off the queue and has not yet finished or handed back.
+HELD_PREFIX = "held:"
+#: List per worker, ``landing:{id}``: the event BLMOVE brought to a worker
+#: waiting on an empty queue, until its next take moves it into ``held:{id}``.
+LANDING_PREFIX = "landing:"
+#: Celery queue of one worker process, ``dispatch.{id}``: its messages only
+#: point at batches it holds (kombu stores it as a list under the namespace).
+DISPATCH_QUEUE_PREFIX = "dispatch."
+
+# What 0.1 workers kept; workers/upgrade.py moves their events to QUEUE.
+LEGACY_QUEUE = "deliver"
+LEGACY_UNACKED = "unacked"
+LEGACY_UNACKED_INDEX = "unacked_index"
+LEGACY_FETCHERS = "fetchers"
+LEGACY_TAKEN = "taken"
+LEGACY_TAKEN_PREFIX = "taken:"
 
 
 def key(namespace: str, name: str) -> str:
@@ -95,33 +109,33 @@ DEFAULT_SHUTDOWN_TIMEOUT = 15.0
 #: keeps this many POSTs in flight (96 x 20/s = 1,920 events/s at 50 ms per
 #: POST, past the ~1,400/s one process's CPU allows).
 DEFAULT_CONCURRENCY = 96
-#: Messages a running task takes off the queue along with its own, so a
-#: backlog of single events costs one Celery task per batch (fetching.py).
-TAKE_MESSAGES = 31
-#: A task takes no new round this close to its budget's end (seconds).
-TAKE_STOP_BEFORE_DEADLINE = 10.0
-#: Events admitted (one Lua call) and recorded (another) together; the breaker
-#: still sees every failure at once, as a chunk stops at its first failure.
+#: Events one worker takes off the queue at a time (one batch, one Celery
+#: task); also one admission call. The breaker still sees every failure at
+#: once, as a chunk stops at its first failure.
 CHUNK_EVENTS = 32
-#: A task hands back what it has not sent after this long, so that no task
-#: comes near the broker's visibility timeout.
+#: A task hands back what it has not sent after this long, so a stopping
+#: worker or a slow Distinct never keeps one thread busy for minutes.
 TASK_BUDGET_SECONDS = 60.0
-#: kombu re-queues a taken, unacknowledged message after this long. Must
-#: exceed TASK_BUDGET_SECONDS plus one request's worst case (connect + read
-#: timeouts), and stays under 5 minutes so a killed worker's messages come
-#: back soon (kombu sweeps every 10 s, see workers/app.py).
-VISIBILITY_TIMEOUT_SECONDS = 180
-#: A message still in a fetch list after this long was fetched by a worker
-#: that died before kombu recorded it: queue it again. A live worker moves it
-#: on within milliseconds.
-FETCH_GRACE_SECONDS = 60.0
-#: How often each worker looks for such messages and for taken batches past
-#: their deadline.
-FETCH_SWEEP_INTERVAL_SECONDS = 10.0
-#: A worker channel refreshes its FETCHERS entry this often; an entry silent
-#: for FETCHER_EXPIRY_SECONDS with an empty list is forgotten.
-FETCHER_HEARTBEAT_SECONDS = 60.0
-FETCHER_EXPIRY_SECONDS = 600.0
+#: One POST's connect + read timeouts must stay under this: a request that
+#: takes longer is a stuck connection, and its claim would block that event
+#: for as long.
+MAX_REQUEST_SECONDS = 120.0
+#: A worker silent this long is dead (FORWARDER_WORKER_TIMEOUT): the first
+#: live worker to notice requeues everything it held. Each worker beats, and
+#: looks for dead ones, HEARTBEATS_PER_TIMEOUT times per timeout (every 5 s by
+#: default), so a busy moment is not mistaken for a death and a kill -9 is
+#: noticed within the timeout plus one sweep.
+WORKER_DEAD_AFTER_SECONDS = 20.0
+HEARTBEATS_PER_TIMEOUT = 4
+#: A worker's registration outlives its last beat this long at most, so a
+#: registration nobody cleaned up cannot stay forever.
+WORKER_INFO_TTL_SECONDS = 86400
+#: A held batch whose Celery message has not started after this long gets a
+#: second message (the first may have been lost with a broker connection);
+#: a second message for a batch already started does nothing.
+DISPATCH_RESEND_SECONDS = 60.0
+#: An idle worker waits this long on an empty queue per blocking call.
+IDLE_WAIT_SECONDS = 1.0
 #: How often each worker moves due retries back to the queue.
 PROMOTE_INTERVAL_SECONDS = 0.5
 #: How many due retries one promotion moves at most (one Lua call).
@@ -148,8 +162,6 @@ RAMP_STEP_SECONDS = 2.0
 RATE_MAX_WAIT = 1.0
 #: Dead letters older than this are removed (and logged), never before.
 DEFAULT_DLQ_TTL = 30 * 86400.0
-#: Events per Celery message from capture_many().
-MESSAGE_BATCH = 100
 #: HTTP relay: the largest request body it reads (Distinct bodies are < 10 KiB).
 RELAY_MAX_BODY = 64 * 1024
 #: HTTP relay: loopback by default, so exposing it is a deliberate choice.

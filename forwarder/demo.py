@@ -17,12 +17,12 @@ import click
 from forwarder import dlq as dlq_tools
 from forwarder.config import Settings
 from forwarder.errors import InvalidEvent
+from forwarder.processes import stop_process
 from forwarder.producer import Forwarder
 from forwarder.redis_server import INSTALL_HINT, RedisServer, answers
 from forwarder.sandbox import Faults, Sandbox
 from forwarder.schemas import PHOTO_TYPES, format_timestamp
 from forwarder.store import Store, connect
-from forwarder.supervise import stop_process
 
 NAMESPACE = "distinct-forwarder-demo"
 EXPERIENCE = "fifa-cwc-2025"

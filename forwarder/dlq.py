@@ -1,28 +1,39 @@
 """Dead-letter queue tools: list, show, replay and purge entries.
 
-A replay pushes the event back to the queue and removes its entry in one
-atomic step (``Store.dlq_replay``): an entry leaves the DLQ only once its
-event is back in the queue, and replaying the same entry twice, even from two
-terminals at once, pushes it once. An entry whose event was delivered in the
-meantime is dropped as skipped rather than sent again.
+A replay requeues the event and removes its entry in one atomic step
+(``Store.dlq_replay``): an entry leaves the DLQ only once its event is back
+in the queue, and replaying the same entry twice, even from two terminals at
+once, queues it once. An entry whose event was delivered in the meantime is
+dropped as skipped rather than sent again.
+
+An import checks every line of the file (strict JSON, every field, the body
+by the same rules as ``capture()``) before it writes anything.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from forwarder.config import is_valid_slug
-from forwarder.errors import EntryNotFound
-from forwarder.messages import Event, build_message
-from forwarder.store import Store
+from forwarder.constants import DLQ_DETAIL_BYTES
+from forwarder.errors import EntryNotFound, InvalidEvent
+from forwarder.messages import KINDS, MAX_ATTEMPTS_FIELD, Event, encode_event, is_event_id
+from forwarder.rawjson import loads_event
+from forwarder.store import DLQ_REASONS, Store
+from forwarder.validation import validate_event
 
 REPLAY_CHUNK = 100
-#: Fields a DLQ entry must have to be imported.
-REQUIRED_FIELDS = ("id", "kind", "body", "reason")
+#: The fields of a dead-letter entry; an import refuses any other.
+ENTRY_FIELDS = ("id", "kind", "experience", "body", "attempts", "first_seen", "last_attempt",
+                "last_status", "last_error", "reason", "dead_at")
+#: An entry's line: its body (at most 64 KiB) and the detail it keeps.
+MAX_LINE_BYTES = 80 * 1024
+#: A time this far ahead of this host's clock is not a clock skew but a wrong value.
+MAX_AHEAD_SECONDS = 86400.0
 
 
 @dataclass
@@ -99,13 +110,13 @@ def get(store: Store, entry_id: str) -> dict[str, Any]:
     return entries(store, [entry_id])[0]
 
 
-def replay_message(entry: dict[str, Any], now: float) -> str:
-    """The queue message that gives ``entry``'s event a fresh start."""
+def replay_item(entry: dict[str, Any], now: float) -> str:
+    """The queue item that gives ``entry``'s event a fresh start."""
     event = Event(
         id=entry["id"], kind=entry["kind"], experience=entry.get("experience"),
         body=entry["body"], attempts=0, first_seen=now,
     )
-    return build_message([event])
+    return encode_event(event)
 
 
 def replay(
@@ -136,10 +147,10 @@ def replay(
         found = store.dlq_get(chunk)
         pairs = []
         for entry_id, entry in zip(chunk, found, strict=True):
-            if entry is None:
+            if entry is None or entry.get("reason") == "unreadable":
                 report.missing.append(entry_id)
             else:
-                pairs.append((entry_id, replay_message(entry, clock())))
+                pairs.append((entry_id, replay_item(entry, clock())))
         for (entry_id, _), state in zip(pairs, store.dlq_replay(pairs), strict=True):
             getattr(report, state).append(entry_id)
         if on_progress:
@@ -161,33 +172,88 @@ def export_lines(store: Store, ids: Sequence[str]) -> Iterable[str]:
                 yield json.dumps(entry, separators=(",", ":"), sort_keys=True)
 
 
-def parse_import(lines: Iterable[str]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Entries from JSONL, and one error per bad line (naming line and field)."""
+def parse_import(lines: Iterable[str | bytes], now: float | None = None
+                 ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Entries from JSONL, and one error per bad line (naming line, field and rule).
+
+    Nothing is written here: the caller imports only when ``errors`` is empty.
+    """
+    now = time.time() if now is None else now
     entries: list[dict[str, Any]] = []
     errors: list[str] = []
+    seen: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            entry = json.loads(line)
+            entry = check_entry(line, now)
         except ValueError as exc:
-            errors.append(f"line {number}: not JSON ({exc})")
+            errors.append(f"line {number}: {exc}")
             continue
-        if not isinstance(entry, dict):
-            errors.append(f"line {number}: must be a JSON object")
+        if entry["id"] in seen:
+            errors.append(f"line {number}: id: {entry['id']} is also on line {seen[entry['id']]}")
             continue
-        missing = [f for f in REQUIRED_FIELDS if f not in entry]
-        if missing:
-            errors.append(f"line {number}: {', '.join(missing)}: missing")
-        elif entry["kind"] not in ("capture", "user_analytics"):
-            errors.append(f"line {number}: kind: must be capture or user_analytics")
-        elif not isinstance(entry["body"], dict):
-            errors.append(f"line {number}: body: must be a JSON object")
-        elif entry["kind"] == "capture" and not is_valid_slug(str(entry.get("experience"))):
-            errors.append(f"line {number}: experience: must match [A-Za-z0-9._-]{{1,128}}")
-        else:
-            entries.append(entry)
+        seen[entry["id"]] = number
+        entries.append(entry)
     return entries, errors
+
+
+def check_entry(line: str | bytes, now: float) -> dict[str, Any]:
+    """One line of ``dlq export`` checked field by field; ValueError names the problem."""
+    try:
+        raw = loads_event(line, max_bytes=MAX_LINE_BYTES)
+    except InvalidEvent as exc:
+        field, messages = sorted(exc.errors.items())[0]
+        raise ValueError(f"not strict JSON: {messages[0]}" if field == "_event"
+                         else f"{field}: {messages[0]}") from None
+    if not isinstance(raw, dict):
+        raise ValueError("must be a JSON object (one dead-letter entry)")
+    unknown = sorted(set(raw) - set(ENTRY_FIELDS))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: not a field of a dead-letter entry")
+    for name in ("id", "kind", "body", "reason", "dead_at"):
+        if name not in raw:
+            raise ValueError(f"{name}: missing")
+    if not is_event_id(raw["id"]):
+        raise ValueError("id: must be an event id (a lower-case UUID)")
+    if raw["kind"] not in KINDS:
+        raise ValueError("kind: must be capture or user_analytics")
+    if raw["reason"] not in DLQ_REASONS:
+        raise ValueError(f"reason: must be one of {', '.join(DLQ_REASONS)}")
+    experience = raw.get("experience")
+    if raw["kind"] == "user_analytics" and experience is not None:
+        raise ValueError("experience: must be null for user_analytics")
+    body, problems = validate_event(raw["kind"], raw["body"], experience)
+    if problems:
+        field, messages = sorted(problems.items())[0]
+        where = field if field == "experience" else f"body.{field}"
+        raise ValueError(f"{where}: {messages[0]} (fix the event or leave the line out)")
+    dead_at = _time(raw, "dead_at", now, required=True)
+    first_seen = _time(raw, "first_seen", now) or dead_at
+    last_attempt = _time(raw, "last_attempt", now)
+    attempts = raw.get("attempts", 0)
+    if type(attempts) is not int or not 0 <= attempts <= MAX_ATTEMPTS_FIELD:
+        raise ValueError(f"attempts: must be a whole number from 0 to {MAX_ATTEMPTS_FIELD}")
+    status = raw.get("last_status")
+    if status is not None and (type(status) is not int or not 100 <= status <= 599):
+        raise ValueError("last_status: must be an HTTP status (100-599) or null")
+    detail = raw.get("last_error")
+    if detail is not None and (not isinstance(detail, str) or len(detail) > DLQ_DETAIL_BYTES):
+        raise ValueError(f"last_error: must be text of at most {DLQ_DETAIL_BYTES} characters")
+    return {"id": raw["id"], "kind": raw["kind"], "experience": experience, "body": body,
+            "attempts": attempts, "first_seen": first_seen, "last_attempt": last_attempt,
+            "last_status": status, "last_error": detail, "reason": raw["reason"],
+            "dead_at": dead_at}
+
+
+def _time(raw: dict[str, Any], name: str, now: float, required: bool = False) -> float | None:
+    value = raw.get(name)
+    if value is None and not required:
+        return None
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not math.isfinite(value) or not 0 < value <= now + MAX_AHEAD_SECONDS):
+        raise ValueError(f"{name}: must be a time in epoch seconds, not in the future")
+    return float(value)
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:

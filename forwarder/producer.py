@@ -1,8 +1,9 @@
 """The producer API a web backend calls: validate, then one LPUSH.
 
-No thread, no buffer: when ``capture()`` returns, the event is in Redis. The
-Redis client's connection pool notices a fork and reconnects in the child, so
-an instance built before gunicorn ``--preload`` or uWSGI forks is safe.
+No thread, no buffer, no Lua: when ``capture()`` returns, the event is in
+Redis (or fsynced in the local spool). The Redis client's connection pool
+notices a fork and reconnects in the child, so an instance built before
+gunicorn ``--preload`` or uWSGI forks is safe.
 """
 
 from __future__ import annotations
@@ -12,60 +13,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
-from marshmallow import Schema, ValidationError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from forwarder.config import Settings, is_valid_slug
-from forwarder.constants import MESSAGE_BATCH
+from forwarder.enqueue import SpoolingEnqueuer
 from forwarder.errors import ConfigError, InvalidEvent
 from forwarder.fastpath import fast_body
-from forwarder.messages import Event, Kind, build_message, event_id_for, random_uuid
-from forwarder.schemas import CAPTURE_SCHEMA, USER_ANALYTICS_SCHEMA
-from forwarder.spool import Spool, SpoolingEnqueuer
+from forwarder.messages import Event, Kind, encode_event, event_id_for, random_uuid
+from forwarder.spool import Spool
 from forwarder.store import Store, connect
-
-_SCHEMAS: dict[Kind, Schema] = {"capture": CAPTURE_SCHEMA, "user_analytics": USER_ANALYTICS_SCHEMA}
-
-
-def _flatten(messages: Any, prefix: str | None = None) -> dict[str, list[str]]:
-    """marshmallow's nested error dict as ``{"field": [messages]}``."""
-    if isinstance(messages, list):
-        return {"_event" if prefix is None else prefix: [str(m) for m in messages]}
-    flat: dict[str, list[str]] = {}
-    for name, inner in messages.items():
-        field = "_event" if name == "_schema" else str(name)
-        flat.update(_flatten(inner, field if prefix is None else f"{prefix}.{field}"))
-    return flat
-
-
-def validate_event(
-    kind: Kind, data: Any, experience: str | None = None, *, prefix: str = ""
-) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """The body Distinct will receive, and the errors (empty when valid)."""
-    errors: dict[str, list[str]] = {}
-    body: dict[str, Any] = {}
-    if not isinstance(data, Mapping):
-        errors["_event"] = [f"Must be a JSON object, not {type(data).__name__}."]
-    else:
-        fast = fast_body(kind, data)
-        if fast is not None:
-            body = fast
-        else:
-            try:
-                body = _SCHEMAS[kind].load(data)
-            except ValidationError as exc:
-                errors.update(_flatten(exc.messages))
-    if kind == "capture":
-        if experience is None:
-            errors["experience"] = [
-                "Required for Capture Analytics: pass experience= or set DISTINCT_EXPERIENCE."
-            ]
-        elif not isinstance(experience, str) or not is_valid_slug(experience):
-            errors["experience"] = ["Must match [A-Za-z0-9._-]{1,128} and not be '.' or '..'."]
-    if prefix:
-        errors = {f"{prefix}.{k}": v for k, v in errors.items()}
-    return body, errors
+from forwarder.validation import validate_event
 
 
 class Forwarder:
@@ -172,7 +130,7 @@ class Forwarder:
         if errors:
             raise InvalidEvent(errors)
         event = self._event(kind, body, experience, key, time.time())
-        self._push([build_message([event])])
+        self._push([encode_event(event)])
         return event["id"]
 
     def _send_many(
@@ -194,16 +152,12 @@ class Forwarder:
                 events.append(self._event(kind, body, experience, keys[index], now))
         if errors:
             raise InvalidEvent(errors)
-        messages = [
-            build_message(events[i : i + MESSAGE_BATCH])
-            for i in range(0, len(events), MESSAGE_BATCH)
-        ]
-        self._push(messages)
+        self._push([encode_event(e) for e in events])
         return [e["id"] for e in events]
 
-    def _push(self, messages: list[str]) -> None:
-        # LPUSH; on failure (and for a short back-off after one) the spool.
-        self._enqueuer.push(messages)
+    def _push(self, items: list[str]) -> None:
+        # One LPUSH; on failure (and for a short back-off after one) the spool.
+        self._enqueuer.push(items)
 
 
 _default: Forwarder | None = None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from forwarder.supervise import stop_process
+from forwarder.processes import stop_process
 
 INSTALL_HINT = (
     "No Redis answered and no redis-server could be started. Get one with:\n"

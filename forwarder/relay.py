@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +27,7 @@ from forwarder import constants as C
 from forwarder.config import Settings
 from forwarder.errors import ConfigError, ForwarderError, InvalidEvent
 from forwarder.producer import Forwarder
+from forwarder.rawjson import StrictJSONError, loads_strict
 
 log = logging.getLogger("distinct_forwarder.relay")
 
@@ -82,43 +82,14 @@ class KeyRing:
 
 
 # --- body parsing ----------------------------------------------------------------
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in seen:
-            raise ValueError(f"duplicate key {name!r} in a JSON object")
-        seen[name] = value
-    return seen
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text} is out of range")
-    return value
-
-
-def _no_constants(text: str) -> Any:
-    raise ValueError(f"{text} is not valid JSON (only finite numbers are)")
-
-
 def parse_body(raw: bytes) -> Any:
-    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, no overflow."""
+    """Strict JSON (forwarder/rawjson.py); any problem is a 400 naming ``_body``."""
     if not raw.strip():
         raise Reply(400, "Body is empty; send one JSON object.", {"_body": ["Required."]})
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Reply(400, "Body is not valid UTF-8.", {"_body": [
-            f"Not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}."]}) from None
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_finite,
-                          parse_constant=_no_constants)
-    except RecursionError:
-        problem = "Nested too deeply."
-    except ValueError as exc:  # JSONDecodeError is a ValueError; so are the hooks'
-        problem = f"Not valid JSON: {exc}."
-    raise Reply(400, "Body is not valid JSON.", {"_body": [problem]})
+        return loads_strict(raw)
+    except StrictJSONError as exc:
+        raise Reply(400, "Body is not strict JSON.", {"_body": [str(exc)]}) from None
 
 
 def read_body(environ: dict[str, Any], limit: int = C.RELAY_MAX_BODY) -> bytes:

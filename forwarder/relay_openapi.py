@@ -10,22 +10,27 @@ from __future__ import annotations
 from typing import Any
 
 from forwarder import constants as C
+from forwarder.config import SLUG_CHARS, SLUG_MAX
 from forwarder.schemas import (
+    CONTROL_CHARS,
+    MAX_DEPTH,
     MAX_EMAIL,
+    MAX_SAFE_INTEGER,
     MAX_TEXT,
     PHONE_RE,
     PHOTO_TYPES,
     REGISTRATION_PAGE_VISIT,
 )
 
-#: Non-blank and free of control characters, as ``schemas.Text`` requires.
-_TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-_SLUG_PATTERN = r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$"
+#: Non-blank and free of control characters, as ``schemas.text_value`` requires
+#: (tests/test_relay_openapi.py checks both agree on arbitrary strings).
+TEXT_PATTERN = rf"^[^{CONTROL_CHARS}]*[^\s{CONTROL_CHARS}][^{CONTROL_CHARS}]*$"
+SLUG_PATTERN = rf"^(?!\.{{1,2}}$)[{SLUG_CHARS}]{{1,{SLUG_MAX}}}$"
 
 
 def _text(description: str, max_length: int = MAX_TEXT) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": max_length,
-            "pattern": _TEXT_PATTERN, "description": description}
+            "pattern": TEXT_PATTERN, "description": description}
 
 
 _EMAIL = {"type": "string", "format": "email", "maxLength": MAX_EMAIL,
@@ -122,7 +127,7 @@ def openapi_document() -> dict[str, Any]:
     experience = {
         "name": "experienceValue", "in": "path", "required": True,
         "description": "Experience (campaign) slug Distinct gave you, e.g. fifa-cwc-2025.",
-        "schema": {"type": "string", "pattern": _SLUG_PATTERN, "minLength": 1,
+        "schema": {"type": "string", "pattern": SLUG_PATTERN, "minLength": 1,
                    "maxLength": 128},
     }
     common = {"eventValue": _text("Distinct's identifier of the event."),
@@ -195,9 +200,21 @@ def openapi_document() -> dict[str, Any]:
                         "capturedAt": _TIMESTAMP,
                         "metadata": _nullable({
                             "type": "object",
-                            "description": "Custom data, at most 8 KiB as JSON."}),
+                            "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+                            "description": f"Custom data, at most 8 KiB as JSON, nested at "
+                                           f"most {MAX_DEPTH} deep."}),
                     },
                 },
+                # Any JSON value whose integers JavaScript keeps exactly.
+                "JsonValue": {"anyOf": [
+                    {"type": ["null", "boolean", "string"]},
+                    {"type": "integer", "minimum": -MAX_SAFE_INTEGER,
+                     "maximum": MAX_SAFE_INTEGER},
+                    {"type": "number", "not": {"type": "integer"}},
+                    {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+                    {"type": "object",
+                     "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+                ]},
             },
         },
     }

@@ -26,6 +26,10 @@ from marshmallow import (
 MAX_TEXT = 512
 MAX_EMAIL = 254
 MAX_METADATA_BYTES = 8 * 1024
+#: The deepest nesting an event may have (metadata objects and lists included).
+MAX_DEPTH = 32
+#: The largest integer every JSON parser (JavaScript's included) keeps exactly.
+MAX_SAFE_INTEGER = 2**53 - 1
 PHONE_RE = re.compile(r"^\+[1-9][0-9]{1,14}\Z")
 
 REGISTRATION_PAGE_VISIT = "REGISTRATION_PAGE_VISIT"
@@ -49,7 +53,10 @@ def format_timestamp(moment: datetime) -> str:
             f"{u.second:02d}.{u.microsecond // 1000:03d}Z")
 
 
-_BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: Control characters (C0, DEL, C1): never allowed in a text field.
+#: (as regex escapes, so the same text serves Python and the OpenAPI document).
+CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f"
+_BAD_CHARS = re.compile(f"[{CONTROL_CHARS}\ud800-\udfff]")
 _CANONICAL_TS = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z\Z")
 _EMAIL = validate.Email(error="Not a valid email address.")
 _NOT_ISO = "Not an ISO-8601 date and time (example: 2026-11-28T10:15:00.000Z)."
@@ -110,9 +117,11 @@ def timestamp_value(value: Any) -> str:
 
 
 def metadata_value(value: Any) -> dict:
-    """A JSON object whose compact UTF-8 encoding is at most 8 KiB."""
+    """A JSON object whose compact UTF-8 encoding is at most 8 KiB, nested at most
+    MAX_DEPTH deep, with no integer JavaScript would round (send those as strings)."""
     if not isinstance(value, dict):
         raise ValidationError("Must be a JSON object.")
+    _check_json_values(value)
     try:
         # ensure_ascii=False: measure what is sent, UTF-8, not \u escapes.
         encoded = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
@@ -128,6 +137,22 @@ def metadata_value(value: Any) -> dict:
     except UnicodeEncodeError:
         raise ValidationError("Must be valid Unicode (lone surrogate found).") from None
     return value
+
+
+def _check_json_values(value: Any) -> None:
+    """Depth and integer range of a JSON value, without recursion (so without limit)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_DEPTH - 1:  # the body is the first level, metadata the second
+                raise ValidationError(f"Nested deeper than {MAX_DEPTH} levels.")
+            stack.extend((child, depth + 1)
+                         for child in (item.values() if isinstance(item, dict) else item))
+        elif isinstance(item, int) and not isinstance(item, bool) and \
+                abs(item) > MAX_SAFE_INTEGER:
+            raise ValidationError("Holds an integer beyond +-(2**53-1), which JavaScript "
+                                  "rounds; send it as a string.")
 
 
 def phone_value(value: Any) -> str:
@@ -164,18 +189,6 @@ class Timestamp(fields.Field):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         return timestamp_value(value)
-
-
-class Slug(fields.String):
-    """An experience slug: ``[A-Za-z0-9._-]{1,128}``, safe as one URL path segment."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        from forwarder.config import is_valid_slug
-
-        text = super()._deserialize(value, attr, data, **kwargs)
-        if not is_valid_slug(text):
-            raise ValidationError("Must match [A-Za-z0-9._-]{1,128} and not be '.' or '..'.")
-        return text
 
 
 class JsonObject(fields.Field):

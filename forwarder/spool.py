@@ -2,7 +2,7 @@
 
 ``capture()`` must not fail a web request because Redis is down or slow, and
 must not drop an event either. When the LPUSH fails (or Redis failed a moment
-ago and is in its short back-off) the Celery messages go to a SQLite database
+ago and is in its short back-off) the events go to a SQLite database
 on local disk instead: WAL mode, ``synchronous=FULL`` (each commit is fsynced,
 so a spooled capture survives a crash of the host), bounded by
 ``FORWARDER_SPOOL_MAX_MB`` through SQLite's own ``max_page_count`` (past it
@@ -13,15 +13,15 @@ Draining is safe from any number of processes at once:
 1. claim: one ``BEGIN IMMEDIATE`` transaction marks the oldest rows with a
    fresh claim token (or retakes a batch whose claim went stale, keeping its
    token);
-2. push: one Lua script sets ``{ns}:spooled:{token}`` with NX and, only if it
-   was not set before, LPUSHes the batch, oldest first;
+2. push: one Lua script (``spool_push.lua``) sets ``{ns}:spooled:{token}``
+   with NX and, only if it was not set before, requeues the batch, oldest first;
 3. delete the batch's rows.
 
 A producer that dies between 2 and 3 leaves its rows claimed; whoever retakes
 them after ``CLAIM_STALE_SECONDS`` pushes with the same token, the script sees
-the marker and pushes nothing, so no spooled message is queued twice. The one
+the marker and pushes nothing, so no spooled event is queued twice. The one
 remaining duplicate source is an LPUSH that timed out on the producer's side
-after Redis had executed it: that message is both queued and spooled, and the
+after Redis had executed it: that event is both queued and spooled, and the
 worker's delivered-id dedupe keeps Distinct from seeing it twice.
 
 No thread: draining happens a little at a time on ``capture()`` calls once
@@ -31,7 +31,6 @@ Redis answers again, and all at once with ``distinct-forwarder spool flush``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -43,13 +42,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from forwarder import constants as C
 from forwarder.config import Settings
-from forwarder.errors import EnqueueError, SpoolFull
-from forwarder.fetching import PUSH_FN
-from forwarder.store import Store, redis_error_text
+from forwarder.errors import SpoolFull
+from forwarder.messages import upgrade_item
+from forwarder.scripts import script
+from forwarder.store import Store
 
 log = logging.getLogger("distinct_forwarder.spool")
 
@@ -60,30 +58,11 @@ CLAIM_STALE_SECONDS = 30.0
 PUSHED_MARKER_TTL = 24 * 3600
 #: Messages per claim (one SQLite transaction, one Lua call).
 DRAIN_BATCH = 100
-#: Work one capture() call may do for the spool once Redis is back.
-DRAIN_MESSAGES_PER_CALL = 200
-DRAIN_SECONDS_PER_CALL = 0.05
-#: While Redis is healthy, look for rows (other processes' too) this often.
-CHECK_INTERVAL = 1.0
-#: After a failure, go straight to the spool for this long, doubling up to the cap.
-BACKOFF_FIRST = 1.0
-BACKOFF_CAP = 5.0
 #: SQLite waits this long for another process's write lock (held for ms).
 BUSY_TIMEOUT_MS = 5000
 
-#: Times this process refused a capture because the spool was full.
-SPOOL_FULL_TOTAL = 0
 
-# KEYS: queue, batch marker
-_PUSH_LUA = """
-local K_QUEUE = KEYS[1]
-""" + PUSH_FN + """
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[1])) then
-  for i = 2, #ARGV do push_message(ARGV[i]) end
-  return #ARGV - 1
-end
-return -1
-"""
+_SPOOL_PUSH = script("spool_push")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -136,15 +115,6 @@ def _is_full(exc: sqlite3.Error) -> bool:
     return code == 13 or "full" in str(exc).lower()  # 13: SQLITE_FULL
 
 
-def _event_count(message: str) -> int:
-    from forwarder.messages import events_in_message
-
-    try:
-        return len(events_in_message(message))
-    except (ValueError, KeyError, TypeError, IndexError):
-        return 1
-
-
 class Spool:
     """One SQLite spool file, shared by every producer process of a user on a host."""
 
@@ -192,11 +162,10 @@ class Spool:
             self._conn = None
 
     # --- writing -------------------------------------------------------------
-    def put(self, messages: Sequence[str], namespace: str, now: float | None = None) -> None:
-        """Store messages durably (fsynced) or raise SpoolFull / sqlite3.Error."""
-        global SPOOL_FULL_TOTAL
+    def put(self, items: Sequence[str], namespace: str, now: float | None = None) -> None:
+        """Store events durably (fsynced) or raise SpoolFull / sqlite3.Error."""
         created = time.time() if now is None else now
-        rows = [(namespace, created, _event_count(m), m) for m in messages]
+        rows = [(namespace, created, 1, item) for item in items]
         with self._lock:
             db = self._db()
             try:
@@ -209,7 +178,6 @@ class Spool:
                     db.execute("ROLLBACK")
                 if not _is_full(exc):
                     raise
-                SPOOL_FULL_TOTAL += 1
                 self._count_full(db)
                 raise SpoolFull(
                     f"the producer spool {self.path} is full "
@@ -258,8 +226,9 @@ class Spool:
         with self._lock:
             self._db().execute("DELETE FROM spool WHERE claimed_by = ?", (token,))
 
-    def unclaim_later(self, token: str) -> None:
-        """Make a batch retakable at once, keeping its token (its marker guards it)."""
+    def expire_claim(self, token: str) -> None:
+        """Make a batch's claim stale at once, keeping its token: the next drain
+        retakes it, and its marker in Redis says whether it was pushed."""
         with self._lock:
             self._db().execute("UPDATE spool SET claimed_at = 0 WHERE claimed_by = ?",
                                (token,))
@@ -299,11 +268,10 @@ class DrainResult:
 def drain(spool: Spool, store: Store, *, max_messages: int | None = None,
           budget: float | None = None, batch: int = DRAIN_BATCH,
           on_progress: Callable[[int], None] | None = None) -> DrainResult:
-    """Move spooled messages into the queue, oldest first; Redis errors propagate.
+    """Move spooled events into the queue, oldest first; Redis errors propagate.
 
     ``on_progress`` is called with the number of rows each batch took off the spool.
     """
-    push = store.client.register_script(_PUSH_LUA)
     marker = C.key(store.namespace, C.SPOOLED_PREFIX)
     deadline = None if budget is None else time.monotonic() + budget
     result = DrainResult()
@@ -317,12 +285,14 @@ def drain(spool: Spool, store: Store, *, max_messages: int | None = None,
         token, rows = spool.claim(store.namespace, batch)
         if not rows:
             return result
+        # A row a 0.1 producer spooled holds a Celery message: its events go as events.
+        items = [item for _, row in rows for item in upgrade_item(row)]
         try:
-            pushed = int(push(keys=[store.queue_key, marker + token],
-                              args=[PUSHED_MARKER_TTL, *[m for _, m in rows]]))
+            pushed = int(_SPOOL_PUSH(store.client, queue=store.queue_key, marker=marker + token,
+                                     marker_ttl=PUSHED_MARKER_TTL, rest=items))
         except BaseException:
             # Not known whether Redis ran it: the marker decides on the next try.
-            spool.unclaim_later(token)
+            spool.expire_claim(token)
             raise
         spool.delete(token)
         if pushed < 0:
@@ -331,96 +301,3 @@ def drain(spool: Spool, store: Store, *, max_messages: int | None = None,
             result.messages += pushed
         if on_progress is not None:
             on_progress(len(rows))
-
-
-class SpoolingEnqueuer:
-    """The producer's LPUSH with the spool behind it, and the back-off state."""
-
-    def __init__(self, store: Store, spool: Spool | None, redis_url: str):
-        self.store = store
-        self.spool = spool
-        self.redis_url = redis_url
-        self._skip_until = 0.0
-        self._backoff = 0.0
-        self._last_error = ""
-        self._next_check = 0.0
-        self._drain_lock = threading.Lock()
-        #: In-process counters (``spool status`` shows the host-wide full count).
-        self.stats = {"spooled": 0, "drained": 0, "spool_full": 0}
-
-    def push(self, messages: list[str]) -> None:
-        now = time.monotonic()
-        if self.spool is None:
-            try:
-                self.store.enqueue(messages)
-            except redis.RedisError as exc:
-                raise EnqueueError(redis_error_text(exc, self.redis_url)) from None
-            return
-        if now < self._skip_until:
-            self._to_spool(messages)
-            return
-        try:
-            self.store.enqueue(messages)
-        except redis.RedisError as exc:
-            self._failed(now, exc)
-            self._to_spool(messages)
-            return
-        if self._backoff:
-            log.warning("Redis answers again; draining the spool %s", self.spool.path)
-            self._backoff = 0.0
-            self._next_check = 0.0
-        if now >= self._next_check:
-            self.drain_some()
-
-    def _failed(self, now: float, exc: Exception) -> None:
-        first = self._backoff == 0.0
-        self._backoff = BACKOFF_FIRST if first else min(self._backoff * 2, BACKOFF_CAP)
-        self._skip_until = now + self._backoff
-        self._last_error = redis_error_text(exc, self.redis_url)
-        if first:
-            log.warning("%s; spooling captures to %s", self._last_error,
-                        self.spool.path if self.spool else "-")
-
-    def _to_spool(self, messages: list[str]) -> None:
-        assert self.spool is not None
-        try:
-            self.spool.put(messages, self.store.namespace)
-        except SpoolFull:
-            self.stats["spool_full"] += 1
-            raise
-        except (sqlite3.Error, OSError) as exc:
-            raise EnqueueError(f"{self._last_error}; and the spool {self.spool.path} failed: "
-                               f"{type(exc).__name__}: {exc}") from None
-        self.stats["spooled"] += len(messages)
-        # Look at the spool soon after Redis is back, not a full interval later.
-        self._next_check = 0.0
-
-    def drain_some(self) -> None:
-        """Bounded drain on a capture() call; never raises."""
-        assert self.spool is not None
-        if not self._drain_lock.acquire(blocking=False):
-            return  # another thread of this process is on it
-        try:
-            if not self.spool.has_rows(self.store.namespace):
-                self._next_check = time.monotonic() + CHECK_INTERVAL
-                return
-            result = drain(self.spool, self.store, max_messages=DRAIN_MESSAGES_PER_CALL,
-                           budget=DRAIN_SECONDS_PER_CALL)
-            self.stats["drained"] += result.messages
-            # Rows left: drain again on the next call; else look again later.
-            self._next_check = 0.0 if result.more else time.monotonic() + CHECK_INTERVAL
-        except redis.RedisError as exc:
-            self._failed(time.monotonic(), exc)
-        except (sqlite3.Error, OSError) as exc:
-            log.error("spool %s could not be drained: %s", self.spool.path, exc)
-            self._next_check = time.monotonic() + CHECK_INTERVAL
-        finally:
-            self._drain_lock.release()
-
-
-def pushed_marker_key(namespace: str, token: str) -> str:
-    return C.key(namespace, C.SPOOLED_PREFIX) + token
-
-
-def status_json(status: SpoolStatus) -> str:
-    return json.dumps(status.as_dict(), sort_keys=True)

@@ -1,4 +1,8 @@
-"""What ``distinct-forwarder status`` reports, gathered from Redis (and Celery ping)."""
+"""What ``distinct-forwarder status`` reports, read from Redis alone.
+
+Workers publish what there is to know about them (heartbeat, host, pid,
+threads, what they hold) in Redis; nothing here talks to Celery.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ from typing import Any
 import redis
 
 from forwarder.config import Settings
-from forwarder.gate import Gate
-from forwarder.messages import events_in_message
+from forwarder.constants import WORKER_DEAD_AFTER_SECONDS
+from forwarder.messages import MalformedEvent, parse_event
 from forwarder.store import Store
 
 DAY = 86400.0
@@ -19,21 +23,26 @@ def _first_seen(raw: str | None) -> float | None:
     if raw is None:
         return None
     try:
-        return min(float(e["first_seen"]) for e in events_in_message(raw))
-    except (ValueError, KeyError, TypeError):
+        return parse_event(raw)["first_seen"]
+    except MalformedEvent:
         return None
 
 
-def live_workers(settings: Settings, timeout: float = 1.0) -> list[str] | None:
-    """Names of workers answering a Celery ping, or None if it could not run."""
-    try:
-        from workers.app import create_app
-
-        app = create_app(settings)
-        replies = app.control.ping(timeout=timeout) or []
-    except Exception:
-        return None
-    return sorted(name for reply in replies for name in reply)
+def live_workers(store: Store, now: float, timeout: float = WORKER_DEAD_AFTER_SECONDS
+                 ) -> list[dict[str, Any]]:
+    """Workers whose heartbeat is recent, with what they publish."""
+    shown = []
+    for worker in store.workers():
+        age = max(0.0, now - worker.last_beat)
+        shown.append({
+            "id": worker.id, "host": worker.info.get("host"),
+            "pid": int(worker.info["pid"]) if worker.info.get("pid", "").isdigit() else None,
+            "threads": int(worker.info["threads"])
+            if worker.info.get("threads", "").isdigit() else None,
+            "held": worker.held, "last_beat_age": round(age, 1),
+            "silent": age > timeout,
+        })
+    return shown
 
 
 def redis_health(client: redis.Redis) -> dict[str, Any]:
@@ -52,19 +61,20 @@ def redis_health(client: redis.Redis) -> dict[str, Any]:
             "warning": warning}
 
 
-def collect(settings: Settings, store: Store, ping: bool = True) -> dict[str, Any]:
+def collect(settings: Settings, store: Store) -> dict[str, Any]:
     now = time.time()
     due = store.next_retry_due()
-    breaker = Gate(store.client, store.namespace).state()
+    breaker = store.breaker()
     oldest = [t for t in (_first_seen(store.oldest_queued()), _first_seen(store.first_retry()))
               if t is not None]
-    workers = live_workers(settings) if ping else None
+    workers = live_workers(store, now, settings.worker_timeout)
     return {
         "namespace": store.namespace,
         "queue": store.queue_depth(),
-        # Batches that running tasks took off the queue (forwarder/fetching.py).
-        "taken_batches": store.taken_depth(),
+        # Taken off the queue by a worker, outcome not yet stored.
+        "held": sum(w["held"] for w in workers),
         "retry": store.retry_depth(),
+        "retry_due_now": store.retry_due(now),
         "retry_next_due_in": None if due is None else round(max(0.0, due - now), 1),
         "oldest_waiting_age": round(now - min(oldest), 1) if oldest else None,
         "dlq": store.dlq_depth(),
@@ -100,9 +110,11 @@ def render(report: dict[str, Any], color: bool = False) -> str:
     redis_info = report["redis"]
     lines = [
         ("namespace", report["namespace"]),
-        ("queue", f"{report['queue']}" + (f" (+{report['taken_batches']} batches being "
-                                          "delivered)" if report["taken_batches"] else "")),
-        ("retry set", f"{report['retry']}" + (f" (next due in {due} s)" if due is not None
+        ("queue", f"{report['queue']}" + (f" (+{report['held']} held by workers)"
+                                          if report["held"] else "")),
+        ("retry set", f"{report['retry']}" + (f" ({report['retry_due_now']} due now)"
+                                                if report["retry_due_now"] else
+                                                f" (next due in {due} s)" if due is not None
                                                 else "")),
         ("oldest waiting", "-" if oldest is None else f"{oldest} s"),
         ("dead letters", f"{report['dlq']} {report['dlq_by_reason'] or ''}".rstrip()
@@ -111,8 +123,7 @@ def render(report: dict[str, Any], color: bool = False) -> str:
         ("breaker", breaker),
         ("last minute", _outcomes(report["last_minute"])),
         ("last hour", _outcomes(report["last_hour"])),
-        ("live workers", "not checked" if workers is None else
-         (f"{len(workers)}: {', '.join(workers)}" if workers else warn("none answered"))),
+        ("workers", _workers(workers, warn)),
         ("rate limit", f"{report['rate_limit']:g}/s" if report["rate_limit"] else "none"),
         ("redis memory", f"{redis_info['used_memory']} used, max "
          f"{redis_info['maxmemory'] or 'unset'}, policy {redis_info['eviction_policy']}"),
@@ -121,6 +132,19 @@ def render(report: dict[str, Any], color: bool = False) -> str:
     if redis_info["warning"]:
         text.append(warn(f"WARNING: {redis_info['warning']}"))
     return "\n".join(text)
+
+
+def _workers(workers: list[dict[str, Any]], warn: Any) -> str:
+    if not workers:
+        return warn("none registered")
+    live = [w for w in workers if not w["silent"]]
+    lines = [f"{len(live)} live" + (warn(f", {len(workers) - len(live)} silent (being "
+                                         "recovered)") if len(live) < len(workers) else "")]
+    for w in workers:
+        line = (f"{w['host']} pid {w['pid']}, {w['threads']} threads, {w['held']} held, "
+                f"beat {w['last_beat_age']} s ago")
+        lines.append("  " + (warn(line) if w["silent"] else line))
+    return ("\n" + " " * 16).join(lines)
 
 
 def _outcomes(counts: dict[str, int]) -> str:

@@ -1,16 +1,16 @@
-"""Everything the forwarder keeps in Redis, behind one small class.
+"""The forwarder's Redis state as producers and operators see it.
 
-Each state change that must not half-happen (a due retry moving back to the
-queue, a dead letter being replayed, an event's in-flight claim) is one Lua
-script or one MULTI transaction, so any number of workers and operator tools
-can run at once without losing or doubling an event. Only commands that
+Producers only push events (one LPUSH, no script); operator tools read
+depths, the breaker and the worker registry, and work on the dead-letter
+queue. Each change that must not half-happen (a replay, an import, a
+deletion) is one Lua script from ``forwarder/lua``. What only a worker does
+(holding, outcomes, promotion) lives in ``workers/``. Only commands that
 exist in Redis 6.2 are used.
 """
 
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,144 +22,18 @@ from redis.retry import Retry
 
 from forwarder import constants as C
 from forwarder.config import mask_url
-from forwarder.fetching import PUSH_FN, RELEASE_LUA, RESCUE_LUA, RESTORE_TAKEN_LUA, TAKE_LUA
-from forwarder.gate import (
-    BREAKER_FN,
-    DELIVERED_FN,
-    IS_DELIVERED_LUA,
-    NOW_LUA,
-    PROMOTE_LUA,
-    dedupe_member,
-)
+from forwarder.scripts import script
 
 ReplayState = Literal["replayed", "skipped", "missing"]
-#: The breaker's keys and policy (Gate.breaker_keys, Gate.breaker_policy_args), so
-#: outcomes and the breaker's updates happen in one Lua call.
-Breaker = tuple[list[str], list[Any]]
-#: What an outcome leaves behind: delivered (a dedupe entry), retried or
-#: deferred (the message in the retry set), dead_lettered (a DLQ entry), or
-#: released (nothing: the claim is given up unsent, the event stays with the task).
-FinishOutcome = Literal["delivered", "retried", "deferred", "dead_lettered", "released"]
-
-
-@dataclass(frozen=True)
-class Finish:
-    """One event's outcome for :meth:`Store.finish_many`.
-
-    delivered: no payload, score is the dedupe TTL. retried/deferred: payload
-    is the message, score its due time. dead_lettered: payload is the entry's
-    JSON, score the time of death. ``signal`` ('ok', 'fail', 'auth') feeds the
-    breaker; empty for an event that was never sent.
-    """
-
-    event_id: str
-    outcome: FinishOutcome
-    payload: str | bytes = ""
-    score: float = 0.0
-    signal: str = ""
-    reason: str = ""
-
-
-# Outcomes of a chunk of events, in order, in one atomic step. For each:
-# release the in-flight claim (only if still ours), store the outcome, count
-# it, and feed the breaker. Returns the breaker's changes ('opened'...).
-# KEYS: inflight prefix, stats:minute, delivered prefix, retry, dlq, dlq index,
-#       dlq reason prefix, [breaker, probe, window prefix]
-# ARGV: token, 6 breaker policy values (or ''), then (id, outcome, payload,
-#       score, signal, reason) per event
-_FINISH_LUA = NOW_LUA + BREAKER_FN + """
-local token = ARGV[1]
-local changes = {}
-for i = 8, #ARGV, 6 do
-  local id, outcome, payload, score = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local inflight = KEYS[1] .. id
-  if token ~= '' and redis.call('GET', inflight) == token then redis.call('DEL', inflight) end
-  if outcome == 'delivered' then
-    local hour = math.floor(now / 3600)
-    redis.call('SADD', KEYS[3] .. hour, payload)
-    redis.call('EXPIREAT', KEYS[3] .. hour, (hour + 1) * 3600 + math.ceil(tonumber(score)))
-  elseif outcome == 'dead_lettered' then
-    local ok, entry = pcall(cjson.decode, payload)
-    redis.call('HSET', KEYS[5], id, payload)
-    redis.call('ZADD', KEYS[6], score, id)
-    if ok and type(entry) == 'table' and type(entry['reason']) == 'string' then
-      redis.call('ZADD', KEYS[7] .. entry['reason'], score, id)
-    end
-  elseif outcome ~= 'released' then
-    redis.call('ZADD', KEYS[4], score, payload)
-  end
-  if outcome ~= 'released' then
-    redis.call('HINCRBY', KEYS[2], outcome, 1)
-  end
-  local signal = ARGV[i + 4]
-  if signal ~= '' and #KEYS > 7 then
-    local change = breaker_record({KEYS[8], KEYS[9], KEYS[10]},
-      {signal, token, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[i + 5]})
-    if change ~= '' then changes[#changes + 1] = change end
-  end
-end
-redis.call('EXPIRE', KEYS[2], 7200)
-return changes
-"""
-
-# Remove one dead letter from the hash, the index and its reason's index.
-_DLQ_REMOVE_FN = """
-local function remove(id)
-  local raw = redis.call('HGET', KEYS[1], id)
-  if not raw then return 0 end
-  local ok, entry = pcall(cjson.decode, raw)
-  if ok and type(entry) == 'table' and type(entry['reason']) == 'string' then
-    redis.call('ZREM', KEYS[3] .. entry['reason'], id)
-  end
-  redis.call('HDEL', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-  return 1
-end
-"""
-
-# Replay dead letters: ARGV holds (id, message) pairs. An entry whose id was
-# delivered meanwhile is dropped as 'skipped'; otherwise its message is pushed
-# and only then the entry removed, in the same atomic step.
-# KEYS: dlq hash, dlq index, reason prefix, queue, delivered prefix
-# ARGV: dedupe_ttl, then (id, dedupe member, message) triples
-_REPLAY_LUA = NOW_LUA + DELIVERED_FN + _DLQ_REMOVE_FN + """
-local K_QUEUE = KEYS[4]
-""" + PUSH_FN + """
-local out = {}
-local ttl = tonumber(ARGV[1])
-for i = 2, #ARGV, 3 do
-  local id, member, msg = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if redis.call('HEXISTS', KEYS[1], id) == 0 then
-    table.insert(out, 'missing')
-  elseif was_delivered(KEYS[5], member, now, ttl) then
-    remove(id)
-    table.insert(out, 'skipped')
-  else
-    push_message(msg)
-    remove(id)
-    table.insert(out, 'replayed')
-  end
-end
-return out
-"""
-
-# Delete the given ids. KEYS: dlq hash, dlq index, reason prefix
-_DLQ_DELETE_LUA = _DLQ_REMOVE_FN + """
-local n = 0
-for _, id in ipairs(ARGV) do n = n + remove(id) end
-return n
-"""
-
-# Retention: delete up to ARGV[2] entries dead-lettered before ARGV[1].
-_DLQ_EXPIRE_LUA = _DLQ_REMOVE_FN + """
-local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, id in ipairs(old) do
-  if remove(id) == 0 then redis.call('ZREM', KEYS[2], id) end
-end
-return #old
-"""
-
 DLQ_REASONS = ("rejected", "exhausted", "expired", "malformed")
+#: How much of an unreadable entry a tool shows.
+DETAIL_SHOWN = 200
+
+_REPLAY = script("replay")
+_DLQ_DELETE = script("dlq_delete")
+_DLQ_EXPIRE = script("dlq_expire")
+_DLQ_IMPORT = script("dlq_import")
+_IS_DELIVERED = script("is_delivered")
 
 
 def connect(redis_url: str, *, timeout: float | None = None, retries: int = 1,
@@ -214,19 +88,51 @@ def redis_error_text(exc: Exception, redis_url: str) -> str:
     return f"Redis at {mask_url(redis_url)} failed: {type(exc).__name__}: {text}"
 
 
-def _text(value: Any) -> str:
+def dedupe_member(event_id: str) -> bytes:
+    """The compact form of an id in the dedupe window: 16 bytes for a UUID."""
+    try:
+        parsed = uuid.UUID(event_id)
+    except ValueError:
+        return b"s:" + event_id.encode("utf-8", "surrogatepass")
+    if str(parsed) != event_id:
+        return b"s:" + event_id.encode("utf-8", "surrogatepass")
+    return parsed.bytes
+
+
+def text(value: Any) -> str:
+    """A Redis reply as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def dead_letter_finish(entry: dict[str, Any], now: float, signal: str = "",
-                       reason: str = "") -> Finish:
-    """The Finish that stores ``entry`` in the dead-letter queue."""
-    return Finish(entry["id"], "dead_lettered", json.dumps(entry, separators=(",", ":")),
-                  now, signal, reason)
+@dataclass(frozen=True)
+class BreakerState:
+    """The shared circuit breaker as workers left it in Redis."""
+
+    state: str
+    reason: str
+    open_until: float | None
+    cooldown: float
+    opened_count: int
+
+    @property
+    def hint(self) -> str:
+        if self.state != "open":
+            return ""
+        if self.reason == "auth":
+            return "Distinct refuses the API key: check DISTINCT_API_KEY"
+        if self.reason == "deployment":
+            return "requests fail before Distinct answers: check DISTINCT_API_URL and TLS"
+        return "Distinct keeps failing; deliveries wait in Redis"
 
 
-def _minute(now: float) -> int:
-    return int(now // 60)
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One live worker process, as its heartbeat publishes it."""
+
+    id: str
+    last_beat: float
+    held: int
+    info: dict[str, str]
 
 
 class Store:
@@ -244,116 +150,35 @@ class Store:
         self.dlq_index_key = k(C.DLQ_INDEX)
         self.dlq_reason_prefix = k(C.DLQ_REASON_PREFIX)
         self.delivered_prefix = k(C.DELIVERED_PREFIX)
-        self.inflight_prefix = k(C.INFLIGHT_PREFIX)
         self.stats_prefix = k(C.STATS_PREFIX)
-        self._breaker_keys = [k(C.BREAKER), k(C.BREAKER_PROBE), k(C.BREAKER_RELEASED)]
-        self._dlq_keys = [self.dlq_key, self.dlq_index_key, self.dlq_reason_prefix]
-        self.taken_key = k(C.TAKEN)
-        self._taken_keys = [self.queue_key, self.taken_key, k(C.TAKEN_PREFIX)]
-        self.fetchers_key = k(C.FETCHERS)
-        self.fetch_prefix = k(C.FETCH_PREFIX)
-        self._take = client.register_script(TAKE_LUA)
-        self._release = client.register_script(RELEASE_LUA)
-        self._restore_taken = client.register_script(RESTORE_TAKEN_LUA)
-        self._rescue = client.register_script(RESCUE_LUA)
-        self._promote = client.register_script(PROMOTE_LUA)
-        self._finish_script = client.register_script(_FINISH_LUA)
-        self._is_delivered = client.register_script(IS_DELIVERED_LUA)
-        self._replay = client.register_script(_REPLAY_LUA)
-        self._dlq_delete = client.register_script(_DLQ_DELETE_LUA)
-        self._dlq_expire = client.register_script(_DLQ_EXPIRE_LUA)
+        self.breaker_key = k(C.BREAKER)
+        self.workers_key = k(C.WORKERS)
+        self.worker_info_prefix = k(C.WORKER_INFO_PREFIX)
+        self.held_prefix = k(C.HELD_PREFIX)
+        self._dlq = {"dlq": self.dlq_key, "dlq_index": self.dlq_index_key,
+                     "dlq_reason_prefix": self.dlq_reason_prefix}
 
     # --- queue -------------------------------------------------------------
-    def enqueue(self, messages: Sequence[str]) -> None:
-        """Append messages to the queue: one LPUSH, one round trip."""
-        if messages:
-            self.client.lpush(self.queue_key, *messages)
-
-    def take(self, limit: int, events: int | None = None,
-             hold: float = C.VISIBILITY_TIMEOUT_SECONDS) -> tuple[str, list[str]]:
-        """Take up to ``limit`` messages (and about ``events`` events) into a taken batch.
-
-        Returns the batch id and the messages. Until :meth:`release` drops the
-        batch, its messages come back to the queue ``hold`` seconds from now
-        (:meth:`restore_taken`), so a worker dying mid-batch loses nothing.
-        """
-        batch = uuid.uuid4().hex
-        messages = self._take(keys=self._taken_keys,
-                              args=[batch, limit, hold, limit if events is None else events])
-        return batch, [_text(m) for m in messages]
-
-    def release(self, batch: str, hand_back: Sequence[str] = ()) -> None:
-        """A taken batch is done; queue ``hand_back`` (unsent events) in the same step."""
-        self._release(keys=self._taken_keys, args=[batch, *hand_back])
-
-    def restore_taken(self, limit: int = C.PROMOTE_BATCH) -> int:
-        """Queue again the messages of taken batches past their deadline."""
-        return int(self._restore_taken(keys=self._taken_keys, args=[limit]))
-
-    def taken_depth(self) -> int:
-        """How many taken batches are being delivered (or wait to come back)."""
-        return int(self.client.zcard(self.taken_key))
-
-    # --- fetch lists (forwarder/fetching.py) ----------------------------------
-    def fetchers(self) -> list[tuple[str, float]]:
-        """Every registered fetch list and its worker's last sign of life."""
-        entries = cast(list[tuple[bytes, float]],
-                       self.client.zrange(self.fetchers_key, 0, -1, withscores=True))
-        return [(_text(key), float(seen)) for key, seen in entries]
-
-    def fetching(self, fetch_list: str) -> list[str]:
-        """The messages in one fetch list (normally none)."""
-        return [_text(m) for m in self.client.lrange(fetch_list, 0, -1)]
-
-    def fetching_depth(self) -> int:
-        """Messages in every fetch list: fetched, not yet recorded by kombu."""
-        keys = [key for key, _ in self.fetchers()]
-        if not keys:
-            return 0
-        with self.client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.llen(key)
-            return sum(int(n) for n in pipe.execute())
-
-    def rescue(self, fetch_list: str, messages: Sequence[str]) -> int:
-        """Queue again ``messages`` if they are still in ``fetch_list``; returns how many."""
-        if not messages:
-            return 0
-        return int(self._rescue(keys=[self.queue_key, fetch_list], args=list(messages)))
-
-    def forget_fetcher(self, fetch_list: str, silent_since: float) -> bool:
-        """Drop a fetch list's entry if it is empty and silent since ``silent_since``."""
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.llen(fetch_list)
-            pipe.zscore(self.fetchers_key, fetch_list)
-            depth, seen = pipe.execute()
-        if depth or seen is None or float(seen) > silent_since:
-            return False
-        return bool(self.client.zrem(self.fetchers_key, fetch_list))
+    def enqueue(self, items: Sequence[str | bytes]) -> None:
+        """Add events to the queue: one LPUSH, one round trip, no script."""
+        if items:
+            self.client.lpush(self.queue_key, *items)
 
     def queue_depth(self) -> int:
         return int(self.client.llen(self.queue_key))
 
     def oldest_queued(self) -> str | None:
-        """The message at the consuming end of the queue (the next one out)."""
+        """The event at the consuming end of the queue (the next one out)."""
         raw = self.client.lindex(self.queue_key, -1)
-        return _text(raw) if raw is not None else None
+        return text(raw) if raw is not None else None
 
     # --- retry set -----------------------------------------------------------
-    def promote_due(self, now: float, limit: int = C.PROMOTE_BATCH) -> int:
-        """Move retries due by ``now`` back to the queue; returns how many.
-
-        The shared circuit breaker decides how many may go: none while it is
-        open (one probe candidate once its cooldown is over), a doubling
-        share right after it closes, then ``limit``.
-        """
-        return int(self._promote(
-            keys=[self.retry_key, self.queue_key, *self._breaker_keys],
-            args=[now, limit, C.RAMP_START, C.RAMP_STEP_SECONDS],
-        ))
-
     def retry_depth(self) -> int:
         return int(self.client.zcard(self.retry_key))
+
+    def retry_due(self, before: float) -> int:
+        """Retries due by ``before`` (epoch seconds)."""
+        return int(self.client.zcount(self.retry_key, "-inf", before))
 
     def next_retry_due(self) -> float | None:
         first = self.client.zrange(self.retry_key, 0, 0, withscores=True)
@@ -361,43 +186,40 @@ class Store:
 
     def first_retry(self) -> str | None:
         first = self.client.zrange(self.retry_key, 0, 0)
-        return _text(first[0]) if first else None
+        return text(first[0]) if first else None
 
-    # --- outcomes: one Lua call per chunk, with the breaker's updates ---------
-    def finish_many(self, token: str | None, items: Sequence[Finish], now: float,
-                    breaker: Breaker | None = None) -> list[str]:
-        """Record outcomes atomically, in order; returns the breaker's changes."""
-        if not items:
+    # --- workers (what their heartbeats publish) --------------------------------
+    def workers(self) -> list[WorkerInfo]:
+        """Every registered worker, most recent heartbeat first."""
+        entries = cast(list[tuple[bytes, float]],
+                       self.client.zrevrange(self.workers_key, 0, -1, withscores=True))
+        if not entries:
             return []
-        keys = [self.inflight_prefix, self.stats_prefix + str(_minute(now)),
-                self.delivered_prefix, self.retry_key, self.dlq_key, self.dlq_index_key,
-                self.dlq_reason_prefix]
-        args: list[Any] = [token or ""]
-        if breaker is not None:
-            keys += breaker[0]
-            args += breaker[1]
-        else:
-            args += [""] * 6
-        for item in items:
-            args += [item.event_id, item.outcome, item.payload, repr(item.score), item.signal,
-                     item.reason]
-        return [_text(c) for c in self._finish_script(keys=keys, args=args)]
+        with self.client.pipeline(transaction=False) as pipe:
+            for worker, _ in entries:
+                pipe.hgetall(self.worker_info_prefix + text(worker))
+                pipe.hlen(self.held_prefix + text(worker))
+            replies = pipe.execute()
+        return [WorkerInfo(text(worker), float(beat), int(replies[2 * i + 1]),
+                           {text(k): text(v) for k, v in replies[2 * i].items()})
+                for i, (worker, beat) in enumerate(entries)]
 
-    def mark_delivered(self, event_id: str, token: str | None, ttl: float, now: float) -> None:
-        self.finish_many(token, [Finish(event_id, "delivered", dedupe_member(event_id), ttl)],
-                         now)
+    def breaker(self) -> BreakerState:
+        raw = {text(k): text(v) for k, v in self.client.hgetall(self.breaker_key).items()}
+        is_open = raw.get("state") == "open"
+        return BreakerState(
+            state="open" if is_open else "closed",
+            reason=raw.get("reason", "") if is_open else "",
+            open_until=float(raw["open_until"]) if is_open and "open_until" in raw else None,
+            cooldown=float(raw.get("cooldown") or 0),
+            opened_count=int(raw.get("opened_count") or 0),
+        )
 
-    def schedule_retry(self, event_id: str, token: str | None, message: str, due: float,
-                       now: float, outcome: FinishOutcome = "retried") -> None:
-        self.finish_many(token, [Finish(event_id, outcome, message, due)], now)
-
-    def dead_letter(self, entry: dict[str, Any], token: str | None, now: float) -> None:
-        self.finish_many(token, [dead_letter_finish(entry, now)], now)
-
+    # --- dedupe window -------------------------------------------------------------
     def is_delivered(self, event_id: str) -> bool:
         """Whether Distinct accepted this id within the dedupe window."""
-        return bool(self._is_delivered(keys=[self.delivered_prefix],
-                                       args=[dedupe_member(event_id), self.dedupe_ttl]))
+        return bool(_IS_DELIVERED(self.client, delivered_prefix=self.delivered_prefix,
+                                  member=dedupe_member(event_id), dedupe_ttl=self.dedupe_ttl))
 
     # --- dead-letter queue ---------------------------------------------------
     def dlq_depth(self) -> int:
@@ -418,7 +240,7 @@ class Store:
         """Remove entries older than ``ttl``; returns how many."""
         removed = 0
         while True:
-            n = int(self._dlq_expire(keys=self._dlq_keys, args=[now - ttl, batch]))
+            n = int(_DLQ_EXPIRE(self.client, **self._dlq, before=now - ttl, limit=batch))
             removed += n
             if n < batch:
                 return removed
@@ -429,47 +251,49 @@ class Store:
         key = self.dlq_reason_prefix + reason if reason else self.dlq_index_key
         low = "-inf" if since is None else since
         high = "+inf" if until is None else until
-        return [_text(i) for i in self.client.zrangebyscore(key, low, high)]
+        return [text(i) for i in self.client.zrangebyscore(key, low, high)]
 
     def dlq_get(self, ids: Iterable[str]) -> list[dict[str, Any] | None]:
         ids = list(ids)
         if not ids:
             return []
         raw = self.client.hmget(self.dlq_key, ids)
-        return [json.loads(r) if r is not None else None for r in raw]
+        return [_entry(i, r) for i, r in zip(ids, raw, strict=True)]
 
     def dlq_put(self, entries: Sequence[dict[str, Any]]) -> None:
-        """Store entries as they are (``dlq import``); an existing id is replaced."""
-        # Drop replaced entries first, so no stale reason index keeps their ids.
-        self.dlq_delete([entry["id"] for entry in entries])
-        with self.client.pipeline(transaction=True) as pipe:
-            for entry in entries:
-                dead_at = float(entry.get("dead_at") or time.time())
-                pipe.hset(self.dlq_key, entry["id"], json.dumps(entry, separators=(",", ":")))
-                pipe.zadd(self.dlq_index_key, {entry["id"]: dead_at})
-                pipe.zadd(self.dlq_reason_prefix + str(entry["reason"]), {entry["id"]: dead_at})
-            pipe.execute()
+        """Store checked entries (``dlq import``) in one atomic step; an existing id is replaced.
+
+        The caller validates every entry first (forwarder/dlq.py); nothing
+        here deletes an entry unless its replacement is written in the same step.
+        """
+        quads: list[Any] = []
+        for entry in entries:
+            quads += [entry["id"], json.dumps(entry, separators=(",", ":")),
+                      float(entry["dead_at"]), entry["reason"]]
+        if quads:
+            _DLQ_IMPORT(self.client, **self._dlq, rest=quads)
 
     def dlq_replay(self, pairs: Sequence[tuple[str, str]]) -> list[ReplayState]:
-        """Push each (id, message) back to the queue and drop its entry, atomically."""
+        """Requeue each (id, event) and drop its entry, atomically."""
         if not pairs:
             return []
-        args: list[Any] = [self.dedupe_ttl]
-        for event_id, message in pairs:
-            args += [event_id, dedupe_member(event_id), message]
-        states = self._replay(keys=[*self._dlq_keys, self.queue_key, self.delivered_prefix],
-                              args=args)
-        return [cast(ReplayState, _text(s)) for s in states]
+        triples: list[Any] = []
+        for event_id, item in pairs:
+            triples += [event_id, dedupe_member(event_id), item]
+        states = _REPLAY(self.client, **self._dlq, queue=self.queue_key,
+                         delivered_prefix=self.delivered_prefix, dedupe_ttl=self.dedupe_ttl,
+                         rest=triples)
+        return [cast(ReplayState, text(s)) for s in states]
 
     def dlq_delete(self, ids: Sequence[str]) -> int:
         if not ids:
             return 0
-        return int(self._dlq_delete(keys=self._dlq_keys, args=list(ids)))
+        return int(_DLQ_DELETE(self.client, **self._dlq, rest=list(ids)))
 
     # --- counters --------------------------------------------------------------
     def outcome_counts(self, now: float, minutes: int) -> dict[str, int]:
         """Delivered / retried / dead-lettered over the last ``minutes`` minutes."""
-        current = _minute(now)
+        current = int(now // 60)
         with self.client.pipeline(transaction=False) as pipe:
             for m in range(current - minutes + 1, current + 1):
                 pipe.hgetall(self.stats_prefix + str(m))
@@ -477,7 +301,7 @@ class Store:
         totals: dict[str, int] = {"delivered": 0, "retried": 0, "dead_lettered": 0}
         for bucket in buckets:
             for name, count in bucket.items():
-                totals[_text(name)] = totals.get(_text(name), 0) + int(count)
+                totals[text(name)] = totals.get(text(name), 0) + int(count)
         return totals
 
     def wipe(self) -> int:
@@ -486,6 +310,22 @@ class Store:
         for batch in _chunks(self.client.scan_iter(match=f"{self.namespace}:*", count=1000)):
             deleted += int(self.client.delete(*batch))
         return deleted
+
+
+def _entry(entry_id: str, raw: bytes | str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and value.get("id") == entry_id:
+        return value
+    # Not what a worker or `dlq import` writes (edited in Redis by hand?):
+    # shown as what it is, never a crash of the tool reading it.
+    return {"id": entry_id, "reason": "unreadable", "body": None,
+            "last_error": "this entry is not valid JSON of a dead letter: "
+                          + text(raw)[:DETAIL_SHOWN]}
 
 
 def _chunks(items: Iterable[Any], size: int = 500) -> Iterable[list[Any]]:
@@ -497,5 +337,3 @@ def _chunks(items: Iterable[Any], size: int = 500) -> Iterable[list[Any]]:
             batch = []
     if batch:
         yield batch
-
-

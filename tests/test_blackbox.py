@@ -16,7 +16,6 @@ from collections import Counter
 import pytest
 
 from forwarder import Forwarder
-from forwarder.gate import Gate
 from forwarder.producer import validate_event
 from tests.conftest import capture_event, user_event, wait_until
 
@@ -103,8 +102,7 @@ def test_twenty_second_outage_loses_nothing(settings, sandbox, start_worker, sto
         else:
             fwd.user_analytics(user_event(i))
         time.sleep(0.02)
-    gate = Gate(store.client, store.namespace)
-    wait_until(lambda: gate.state().state == "open", timeout=30, message="breaker open")
+    wait_until(lambda: store.breaker().state == "open", timeout=30, message="breaker open")
     assert len(sandbox.events) == 0
     wait_until(lambda: len(sandbox.events) >= 300, timeout=90, message="300 delivered")
     time.sleep(1.0)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 from click.testing import CliRunner
 
 from forwarder.cli import cli
-from forwarder.messages import events_in_message
+from tests.helpers import add_dead_letter, dead_letter_entry, queued
 
 
 def _run(redis_url: str, namespace: str, *args: str, env: dict | None = None, input=None):
@@ -22,7 +21,7 @@ def test_send_from_flags_prints_an_id(redis_url, namespace, store):
                   "--type", "PHOTO_VIEWED_BY_USER", "--event-value", "evt-1",
                   "--email", "john.doe@example.com")
     assert result.exit_code == 0, result.output
-    (event,) = events_in_message(store.client.lrange(store.queue_key, 0, -1)[0])
+    (event,) = queued(store)
     assert result.output.strip() == event["id"]
     assert event["body"]["email"] == "john.doe@example.com"
 
@@ -66,14 +65,7 @@ def test_config_lists_every_problem_and_exits_2():
 
 
 def _dead(store, i: int) -> str:
-    now = time.time()
-    entry = {"id": f"d-{i}", "kind": "capture", "experience": "x",
-             "body": {"type": "PHOTO_VIEWED_BY_USER", "eventValue": f"v{i}",
-                      "email": "john.doe@example.com"},
-             "attempts": 1, "first_seen": now, "last_attempt": now, "last_status": 400,
-             "last_error": "bad", "reason": "rejected", "dead_at": now}
-    store.dead_letter(entry, None, now)
-    return entry["id"]
+    return add_dead_letter(store, dead_letter_entry(i))
 
 
 def test_dlq_list_show_purge(redis_url, namespace, store):
@@ -103,7 +95,7 @@ def test_dlq_replay_by_id_and_needs_a_selector(redis_url, namespace, store):
     result = _run(redis_url, namespace, "dlq", "replay", ids[1])
     assert result.exit_code == 0 and "Replayed 1" in result.output
     assert store.dlq_ids() == [ids[0]] and store.queue_depth() == 1
-    unknown = _run(redis_url, namespace, "dlq", "replay", "d-404")
+    unknown = _run(redis_url, namespace, "dlq", "replay", "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d10")
     assert unknown.exit_code == 1 and "failed 1 (not found)" in unknown.output
 
 

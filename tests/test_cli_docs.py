@@ -104,10 +104,10 @@ def _status_output(redis_url: str, namespace: str, terminal: bool) -> str:
 
 def test_colour_only_on_a_terminal(redis_url: str, namespace: str) -> None:
     piped = _status_output(redis_url, namespace, terminal=False)
-    assert "none answered" in piped
+    assert "none registered" in piped
     assert "\x1b[" not in piped
     on_terminal = _status_output(redis_url, namespace, terminal=True)
-    assert "none answered" in on_terminal
+    assert "none registered" in on_terminal
     assert "\x1b[" in on_terminal
 
 

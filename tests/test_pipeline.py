@@ -12,9 +12,8 @@ from click.testing import CliRunner
 
 from forwarder import Forwarder
 from forwarder.cli import cli
-from forwarder.gate import Gate
-from forwarder.messages import Event, build_message
 from tests.conftest import API_KEY, capture_event, user_event, wait_until
+from tests.helpers import item
 
 
 def test_capture_is_delivered_with_exact_body_path_and_headers(settings, sandbox, start_worker):
@@ -113,10 +112,9 @@ def test_bad_api_key_opens_the_breaker_and_is_never_dead_lettered(
     fwd = Forwarder(settings=settings)
     for i in range(5):
         fwd.capture(capture_event(i))
-    gate = Gate(store.client, store.namespace)
-    wait_until(lambda: gate.state().state == "open", message="breaker open")
-    assert gate.state().reason == "auth"
-    assert "DISTINCT_API_KEY" in gate.state().hint
+    wait_until(lambda: store.breaker().state == "open", message="breaker open")
+    assert store.breaker().reason == "auth"
+    assert "DISTINCT_API_KEY" in store.breaker().hint
     wait_until(lambda: sandbox.stats.get("401", 0) >= 3, message="probes")
     assert store.dlq_depth() == 0  # past max attempts, still waiting for the key
     assert "circuit breaker OPEN (reason auth)" in worker.log()
@@ -124,7 +122,7 @@ def test_bad_api_key_opens_the_breaker_and_is_never_dead_lettered(
     # Once the key is right again, a probe closes the breaker and all go through.
     sandbox.faults.api_key = API_KEY
     wait_until(lambda: len(sandbox.events) == 5, message="delivery after key fix")
-    assert gate.state().state == "closed"
+    assert store.breaker().state == "closed"
     assert store.dlq_depth() == 0
 
 
@@ -155,14 +153,9 @@ def test_dlq_replay_delivers_once_the_sandbox_accepts(
 
 def test_two_workers_never_deliver_a_due_retry_twice(settings, sandbox, start_worker, store):
     now = time.time()
-    events = [Event(id=f"retry-{i}", kind="capture", experience="fifa-cwc-2025",
-                    body={"type": "PHOTO_VIEWED_BY_USER", "eventValue": f"evt-r{i}",
-                          "recordCapturedAt": "2026-11-28T10:15:00.000Z",
-                          "email": f"fan{i}@example.com"},
-                    attempts=1, first_seen=now) for i in range(300)]
     with store.client.pipeline() as pipe:
-        for e in events:
-            pipe.zadd(store.retry_key, {build_message([e], redelivered=True): now - 1})
+        for i in range(300):
+            pipe.zadd(store.retry_key, {item(i, attempts=1): now - 1})
         pipe.execute()
     start_worker(ready=False)
     start_worker(ready=False)
@@ -170,8 +163,7 @@ def test_two_workers_never_deliver_a_due_retry_twice(settings, sandbox, start_wo
     wait_until(lambda: len(sandbox.events) >= 300, timeout=60, message="300 deliveries")
     time.sleep(1.5)
     values = [e["body"]["eventValue"] for e in sandbox.events]
-    assert len(values) == 300
-    assert len(set(values)) == 300
+    assert sorted(values) == sorted(f"evt-{i}" for i in range(300))
     assert store.retry_depth() == 0 and store.queue_depth() == 0
 
 
@@ -192,38 +184,59 @@ def test_api_key_never_stored_in_redis(settings, sandbox, start_worker, store, r
     assert found == []
 
 
-def test_a_message_stranded_in_a_dead_workers_fetch_list_is_queued_again(
-    settings, sandbox, start_worker, store
-):
+def test_what_a_silent_worker_held_comes_back_and_is_delivered(settings, sandbox,
+                                                               start_worker, store):
+    from workers.holding import Holding
+
     fwd = Forwarder(settings=settings)
-    fwd.capture(capture_event(1))
-    # A worker fetched it into its fetch list and was killed before kombu
-    # recorded it as unacknowledged: only the fetch list still holds it.
-    dead = f"{store.namespace}:fetching:deadhost:1:0000"
-    assert store.client.lmove(store.queue_key, dead, "RIGHT", "LEFT") is not None
-    store.client.zadd(store.fetchers_key, {dead: time.time() - 5})
-    for i in range(2, 5):
+    for i in range(4):
         fwd.capture(capture_event(i))
-    worker = start_worker(env={"FORWARDER_FETCH_GRACE": "2"})
-    wait_until(lambda: len(sandbox.events) == 4, timeout=60, message="all four delivered")
+    # A worker took three events and died (kill -9): only Redis remembers them.
+    dead = Holding(store.client, store.namespace, "deadhost:1:000000")
+    dead.beat(first=True, info={"host": "deadhost", "pid": 1})
+    assert len(dead.take("b", limit=3, free=1).items) == 3
+    store.client.zadd(dead.workers_key, {dead.worker: time.time() - 60})
+    worker = start_worker(env={"FORWARDER_WORKER_TIMEOUT": "2"})
+    wait_until(lambda: len(sandbox.events) == 4, timeout=30, message="all four delivered")
     assert sorted(e["body"]["eventValue"] for e in sandbox.events) == [
-        "evt-1", "evt-2", "evt-3", "evt-4"]
-    assert "queued 1 messages again" in worker.log()
-    # The live worker fetched through its own list, registered and now empty.
-    lists = [key for key, _ in store.fetchers()]
-    assert dead in lists and len(lists) == 2
-    assert store.fetching_depth() == 0 and store.queue_depth() == 0
+        "evt-0", "evt-1", "evt-2", "evt-3"]
+    assert "worker deadhost:1:000000 was silent" in worker.log()
+    assert [w.id for w in store.workers()] != [dead.worker]
+    assert sum(w.held for w in store.workers()) == 0 and store.queue_depth() == 0
     time.sleep(1)
     assert len(sandbox.events) == 4
 
 
-def test_the_worker_process_comes_back_when_celery_dies(settings, sandbox, start_worker):
-    worker = start_worker()
-    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
-    assert len(children) == 1
-    os.kill(int(children[0]), signal.SIGKILL)  # e.g. an unrecoverable kombu error, an OOM kill
-    wait_until(lambda: "starting a new one" in worker.log(), message="restart notice")
-    wait_until(lambda: worker.log().count(" ready.") == 2, timeout=60, message="new child")
+def test_a_worker_declared_dead_stops_and_is_replaced(settings, sandbox, start_worker,
+                                                      store):
+    worker = start_worker(env={"FORWARDER_WORKER_TIMEOUT": "2"})
+    (registered,) = store.workers()
+    # As if it had been frozen past the timeout: a sweeper requeued its events
+    # and forgot it. It must stop rather than send them a second time.
+    store.client.zrem(f"{store.namespace}:workers", registered.id)
+    wait_until(lambda: "was declared dead" in worker.log(), message="stops")
+    wait_until(lambda: worker.log().count(" ready.") == 2, timeout=60, message="a new child")
     Forwarder(settings=settings).capture(capture_event(1))
     wait_until(lambda: len(sandbox.events) == 1, message="delivery by the new child")
+
+
+def test_the_worker_process_comes_back_when_celery_dies(settings, sandbox, start_worker,
+                                                        store):
+    sandbox.faults.latency_ms = 300
+    worker = start_worker()
+    fwd = Forwarder(settings=settings)
+    fwd.capture_many([capture_event(i) for i in range(40)])
+    wait_until(lambda: sum(w.held for w in store.workers()) > 0 and sandbox.events,
+               message="events held")
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+    assert len(children) == 1
+    os.kill(int(children[0]), signal.SIGKILL)  # e.g. an OOM kill, an unrecoverable error
+    # The supervisor knows its child is dead: it requeues what the child held
+    # at once, without waiting for the heartbeat to fall silent.
+    wait_until(lambda: "events; requeued them" in worker.log(), message="requeued at once")
+    wait_until(lambda: "starting a new one" in worker.log(), message="restart notice")
+    wait_until(lambda: worker.log().count(" ready.") == 2, timeout=60, message="new child")
+    sandbox.faults.latency_ms = 0
+    wait_until(lambda: {e["body"]["eventValue"] for e in sandbox.events} >= {
+        f"evt-{i}" for i in range(40)}, timeout=30, message="all delivered")
     assert worker.stop() == 0  # SIGTERM is passed on and ends the supervision

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -13,33 +14,31 @@ import pytest
 import forwarder
 from forwarder import EnqueueError, Forwarder, InvalidEvent
 from forwarder.config import Settings
-from forwarder.messages import IDEMPOTENCY_NAMESPACE, events_in_message
+from forwarder.messages import IDEMPOTENCY_NAMESPACE, parse_event
 from forwarder.redis_server import free_port
 from tests.conftest import capture_event, user_event
 
 
 def _queued(fwd: Forwarder) -> list[dict]:
     raw = fwd.store.client.lrange(fwd.store.queue_key, 0, -1)
-    return [e for m in reversed(raw) for e in events_in_message(m)]
+    return [parse_event(item) for item in reversed(raw)]
 
 
-def test_capture_enqueues_a_celery_message_holding_the_event(settings):
+def test_capture_enqueues_the_event_as_one_json_item(settings):
     fwd = Forwarder(settings=settings)
+    before = time.time()
     event_id = fwd.capture(capture_event(1))
     uuid.UUID(event_id)
     raw = fwd.store.client.lrange(fwd.store.queue_key, 0, -1)
     assert len(raw) == 1
-    message = json.loads(raw[0])
-    assert message["headers"]["task"] == "distinct.deliver"
-    assert message["properties"]["delivery_info"]["routing_key"] == "deliver"
-    # Flower shows id and type, never the email.
-    assert "fan1@example.com" not in message["headers"]["argsrepr"]
-    assert event_id in message["headers"]["argsrepr"]
-    (event,) = events_in_message(raw[0])
-    assert event["id"] == event_id
-    assert event["kind"] == "capture" and event["experience"] == "fifa-cwc-2025"
-    assert event["body"]["recordCapturedAt"] == "2026-11-28T10:15:00.000Z"
-    assert event["attempts"] == 0
+    item = json.loads(raw[0])
+    assert set(item) == {"id", "kind", "experience", "body", "attempts", "first_seen"}
+    assert item["id"] == event_id
+    assert item["kind"] == "capture" and item["experience"] == "fifa-cwc-2025"
+    assert item["body"] == {**capture_event(1), "recordCapturedAt": "2026-11-28T10:15:00.000Z"}
+    assert item["attempts"] == 0 and before <= item["first_seen"] <= time.time()
+    # What the worker reads back is exactly what was captured.
+    assert parse_event(raw[0])["body"] == item["body"]
 
 
 def test_idempotency_key_gives_a_stable_uuid(settings):
@@ -85,12 +84,36 @@ def test_capture_many_validates_all_before_enqueueing_any(settings):
     assert fwd.store.queue_depth() == 0
 
 
-def test_capture_many_packs_events_into_few_messages(settings):
+def test_capture_many_enqueues_all_in_one_round_trip_in_order(settings):
     fwd = Forwarder(settings=settings)
     ids = fwd.capture_many([capture_event(i) for i in range(250)])
     assert len(set(ids)) == 250
-    assert fwd.store.queue_depth() == 3  # 100 + 100 + 50
+    assert fwd.store.queue_depth() == 250
     assert [e["id"] for e in _queued(fwd)] == ids
+
+
+def test_a_producer_runs_no_lua_script():
+    """capture() and capture_many() are plain LPUSHes: nothing to register or load."""
+    code = (
+        "import redis, sys\n"
+        "calls = []\n"
+        "orig = redis.Redis.register_script\n"
+        "redis.Redis.register_script = lambda self, s: calls.append(s) or orig(self, s)\n"
+        "from forwarder import Forwarder\n"
+        "from forwarder.config import Settings\n"
+        "fwd = Forwarder(settings=Settings(redis_url=sys.argv[1], namespace=sys.argv[2], "
+        "experience='x', spool_path='off'))\n"
+        "event = {'type': 'PHOTO_VIEWED_BY_USER', 'eventValue': 'e', "
+        "'recordCapturedAt': '2026-11-28T10:15:00Z', 'email': 'a@example.com'}\n"
+        "fwd.capture(event); fwd.capture_many([event] * 3)\n"
+        "fwd.store.client.delete(fwd.store.queue_key)\n"
+        "print(len(calls))\n"
+    )
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    out = subprocess.run([sys.executable, "-c", code, url, f"t-{uuid.uuid4().hex[:8]}"],
+                         capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.stdout.strip() == "0"
 
 
 def test_module_level_functions_use_the_environment(redis_url, namespace, monkeypatch):
@@ -145,26 +168,3 @@ def test_instance_built_before_fork_works_in_the_child(settings):
     assert os.WEXITSTATUS(status) == 0
     fwd.capture(capture_event(2))
     assert [e["body"]["eventValue"] for e in _queued(fwd)] == ["evt-0", "evt-1", "evt-2"]
-
-
-def test_message_has_the_shape_celery_itself_publishes(settings, redis_url):
-    """Our hand-built message carries every field a message from send_task has."""
-    from workers.app import create_app
-
-    app = create_app(settings)
-    app.send_task("distinct.deliver", args=[[{"id": "x"}]], queue="deliver")
-    fwd = Forwarder(settings=settings)
-    client = fwd.store.client
-    (celery_raw,) = client.lrange(fwd.store.queue_key, 0, -1)
-    client.delete(fwd.store.queue_key)
-    fwd.capture(capture_event(1))
-    (ours_raw,) = client.lrange(fwd.store.queue_key, 0, -1)
-    celery_msg, ours = json.loads(celery_raw), json.loads(ours_raw)
-    assert set(ours) == set(celery_msg)
-    assert set(celery_msg["headers"]) - {"stamped_headers", "stamps",
-                                         "replaced_task_nesting"} <= set(ours["headers"])
-    assert set(celery_msg["properties"]) - {"argsrepr"} <= set(ours["properties"])
-    for section, key in [("properties", "delivery_info"), ("properties", "body_encoding"),
-                         ("headers", "task"), ("headers", "lang")]:
-        assert ours[section][key] == celery_msg[section][key], key
-    assert ours["content-type"] == celery_msg["content-type"]

@@ -174,14 +174,15 @@ def test_urls_are_checked_with_a_clear_error() -> None:
 
 
 def test_kombu_gets_its_own_spelling_of_the_same_url() -> None:
-    config = celery_config(Settings(redis_url="sentinel://:pw@h1:26379,h2:26380/mymaster/3"))
+    config = celery_config(Settings(redis_url="sentinel://:pw@h1:26379,h2:26380/mymaster/3"),
+                           "h:1:a")
     assert config["broker_url"] == "sentinel://:pw@h1:26379/3;sentinel://:pw@h2:26380/3"
     assert config["broker_transport_options"]["master_name"] == "mymaster"
     assert config["broker_use_ssl"] is None
     import ssl
 
     config = celery_config(Settings(
-        redis_url="rediss://h:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem"))
+        redis_url="rediss://h:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem"), "h:1:a")
     assert config["broker_url"] == "rediss://h:6380/0"
     assert config["broker_use_ssl"] == {"ssl_cert_reqs": ssl.CERT_REQUIRED,
                                         "ssl_ca_certs": "/etc/ca.pem"}

@@ -17,10 +17,16 @@ from click.testing import CliRunner
 from benchmarks.scale import run_outage, run_rate_limit
 from forwarder import Forwarder, dlq
 from forwarder.cli import cli
-from forwarder.gate import Gate
 from forwarder.redis_server import free_port
-from forwarder.store import Store, connect
+from forwarder.store import Store, connect, dedupe_member
 from tests.conftest import capture_event, wait_until
+from tests.helpers import store_outcomes
+from workers.outcomes import Finish
+
+
+def did(i: int) -> str:
+    """The id of the i-th test dead letter (an event id is a UUID)."""
+    return f"00000000-0000-4000-8000-{i:012d}"
 
 
 @pytest.mark.slow
@@ -59,7 +65,7 @@ def _entries(store: Store, count: int, **overrides) -> list[str]:
     now = time.time()
     entries = []
     for i in range(count):
-        entry = {"id": f"dead-{i}", "kind": "capture", "experience": "fifa-cwc-2025",
+        entry = {"id": did(i), "kind": "capture", "experience": "fifa-cwc-2025",
                  "body": capture_event(i), "attempts": 1, "first_seen": now,
                  "last_attempt": now, "last_status": 400, "last_error": "no",
                  "reason": "rejected", "dead_at": now}
@@ -116,7 +122,7 @@ def test_replay_shows_a_progress_bar_on_a_terminal(store, redis_url, namespace):
 
 def test_replay_skips_an_entry_whose_event_was_delivered(store, redis_url, namespace):
     ids = _entries(store, 3)
-    store.mark_delivered(ids[0], None, 60, time.time())
+    store_outcomes(store, [Finish("f:1", ids[0], "delivered", dedupe_member(ids[0]))])
     runner = CliRunner()
     base = ["--redis-url", redis_url, "--namespace", namespace, "dlq", "replay"]
     dry = runner.invoke(cli, [*base, "--all", "--dry-run"])
@@ -153,13 +159,13 @@ def test_selectors_shared_by_list_purge_and_export(store, redis_url, namespace):
         assert result.exit_code == 0, result.output
         return sorted(json.loads(line)["id"] for line in result.output.splitlines())
 
-    assert ids("--reason", "exhausted") == sorted(f"dead-{i}" for i in (1, 4, 7, 10))
-    assert ids("--status", "401") == sorted(f"dead-{i}" for i in (2, 5, 8, 11))
-    assert ids("--experience", "exp-b", "--reason", "rejected") == ["dead-6", "dead-9"]
-    assert ids("--since", "2.5d") == ["dead-0", "dead-1", "dead-2"]
-    assert ids("--until", "9.5d") == ["dead-10", "dead-11"]
-    assert ids("--type", "PHOTO_VIEWED_BY_USER", "--limit", "2") == ["dead-10", "dead-11"]
-    assert ids("dead-3", "dead-4", "--reason", "expired") == []
+    assert ids("--reason", "exhausted") == sorted(did(i) for i in (1, 4, 7, 10))
+    assert ids("--status", "401") == sorted(did(i) for i in (2, 5, 8, 11))
+    assert ids("--experience", "exp-b", "--reason", "rejected") == [did(6), did(9)]
+    assert ids("--since", "2.5d") == [did(0), did(1), did(2)]
+    assert ids("--until", "9.5d") == [did(10), did(11)]
+    assert ids("--type", "PHOTO_VIEWED_BY_USER", "--limit", "2") == [did(10), did(11)]
+    assert ids(did(3), did(4), "--reason", "expired") == []
 
     base = ["--redis-url", redis_url, "--namespace", namespace, "dlq"]
     refused = runner.invoke(cli, [*base, "purge", "--reason", "expired"])
@@ -186,13 +192,13 @@ def test_export_then_import_moves_entries_between_namespaces(
         bad.write_text(out.read_text() + '{"id": "x", "kind": "capture"}\n')
         refused = runner.invoke(cli, ["--redis-url", redis_url, "--namespace", other,
                                       "dlq", "import", str(bad)])
-        assert refused.exit_code == 2 and "line 6: body, reason: missing" in refused.output
+        assert refused.exit_code == 2 and "line 6: body: missing" in refused.output
         target = Store(connect(redis_url), other)
         assert target.dlq_depth() == 0  # nothing imported when one line is bad
         imported = runner.invoke(cli, ["--redis-url", redis_url, "--namespace", other,
                                        "dlq", "import", str(out)])
         assert imported.exit_code == 0 and "Imported 5 entries." in imported.output
-        assert target.dlq_get(["dead-3"]) == store.dlq_get(["dead-3"])
+        assert target.dlq_get([did(3)]) == store.dlq_get([did(3)])
         assert target.dlq_depth_by_reason() == {"rejected": 5}
     finally:
         Store(connect(redis_url), other).wipe()
@@ -204,27 +210,25 @@ def test_retention_removes_old_entries_and_status_warns_ahead(store, settings):
     _entries(store, 4, dead_at=lambda i: now - (31, 29.5, 10, 0)[i] * day)
     assert store.dlq_expiring(now, settings.dlq_ttl, day) == 2
     assert store.dlq_expire(now, settings.dlq_ttl) == 1
-    assert store.dlq_ids() == ["dead-1", "dead-2", "dead-3"]
+    assert store.dlq_ids() == [did(1), did(2), did(3)]
     assert store.dlq_expiring(now, settings.dlq_ttl, day) == 1
 
 
 def test_status_shows_breaker_reason_and_live_workers(store, start_worker, redis_url,
                                                       namespace):
     start_worker()
-    gate = Gate(store.client, namespace)
-    with store.client.pipeline(transaction=True) as pipe:
-        gate.record("auth", None, "auth", pipe)
-        pipe.execute()
+    store_outcomes(store, [Finish("f:1", did(1), "retried", "{}", 60.0, "", "auth", "auth")])
     result = CliRunner().invoke(cli, ["--redis-url", redis_url, "--namespace", namespace,
                                       "status", "--json"])
     report = json.loads(result.output)
     assert report["breaker"]["state"] == "open" and report["breaker"]["reason"] == "auth"
     assert "DISTINCT_API_KEY" in report["breaker"]["hint"]
-    assert len(report["workers"]) == 1
+    (worker,) = report["workers"]
+    assert worker["pid"] and worker["threads"] == 4 and worker["last_beat_age"] < 10
     assert report["redis"]["eviction_policy"] is not None
     text = CliRunner().invoke(cli, ["--redis-url", redis_url, "--namespace", namespace,
                                     "status"]).output
-    assert "OPEN (auth)" in text and "live workers    1:" in text
+    assert "OPEN (auth)" in text and "workers         1 live" in text
 
 
 def test_worker_metrics_and_json_logs(settings, sandbox, start_worker):

@@ -16,23 +16,31 @@ from forwarder import EnqueueError, Forwarder
 from forwarder.cli import cli
 from forwarder.config import Settings
 from forwarder.errors import SpoolFull
-from forwarder.messages import build_message, events_in_message
+from forwarder.messages import encode_event, random_uuid
 from forwarder.redis_server import RedisServer, free_port
-from forwarder.spool import _PUSH_LUA, CLAIM_STALE_SECONDS, Spool, default_spool_path, drain
+from forwarder.spool import _SPOOL_PUSH, CLAIM_STALE_SECONDS, Spool, default_spool_path, drain
 from forwarder.store import Store, connect
 from tests.conftest import capture_event
+from tests.legacy_format import legacy_message
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+IDS = [random_uuid() for _ in range(3000)]
+
+
 def _event(i: int) -> dict:
-    return {"id": f"id-{i}", "kind": "capture", "experience": "x", "body": capture_event(i),
+    return {"id": IDS[i], "kind": "capture", "experience": "x", "body": capture_event(i),
             "attempts": 0, "first_seen": time.time()}
+
+
+def _item(i: int) -> str:
+    return encode_event(_event(i))  # type: ignore[arg-type]
 
 
 def _queued_ids(store: Store) -> list[str]:
     raw = store.client.lrange(store.queue_key, 0, -1)
-    return [e["id"] for m in reversed(raw) for e in events_in_message(m)]
+    return [json.loads(item)["id"] for item in reversed(raw)]
 
 
 def _down_forwarder(namespace: str, spool: Path, **kw) -> Forwarder:
@@ -56,7 +64,7 @@ def test_capture_spools_when_redis_is_down_and_never_raises(namespace, tmp_path)
     assert len(set(ids)) == 25
     assert fwd.spool is not None
     status = fwd.spool.status(namespace)
-    assert (status.messages, status.events) == (21, 25)
+    assert (status.messages, status.events) == (25, 25)
     assert status.oldest is not None and status.oldest <= time.time()
     # WAL mode, fsync on every commit, and only the user can read it (emails).
     db = fwd.spool._db()
@@ -76,32 +84,43 @@ def test_spool_off_keeps_the_old_enqueue_error_without_password(namespace):
 
 def test_drain_pushes_oldest_first_and_empties_the_spool(store, tmp_path):
     spool = Spool(str(tmp_path / "s.db"), 64 * 1024 * 1024)
-    spool.put([build_message([_event(i)]) for i in range(250)], store.namespace)
+    spool.put([_item(i) for i in range(250)], store.namespace)
     result = drain(spool, store, batch=40)
     assert result.messages == 250
-    assert _queued_ids(store) == [f"id-{i}" for i in range(250)]
+    assert _queued_ids(store) == IDS[:250]
     assert spool.status(store.namespace).messages == 0
+
+
+def test_a_spool_written_by_0_1_drains_as_events(store, tmp_path):
+    """0.1 spooled whole Celery messages; each comes out as the events it carried."""
+    spool = Spool(str(tmp_path / "s.db"), 64 * 1024 * 1024)
+    spool.put([legacy_message([_event(0), _event(1)]), _item(2),
+               legacy_message([_event(3)])], store.namespace)
+    result = drain(spool, store)
+    assert result.messages == 4
+    assert _queued_ids(store) == IDS[:4]
+    raw = store.client.lrange(store.queue_key, 0, -1)
+    assert all(json.loads(item)["body"]["eventValue"].startswith("evt-") for item in raw)
 
 
 def test_a_batch_pushed_before_a_crash_is_not_queued_twice(store, tmp_path):
     spool = Spool(str(tmp_path / "s.db"), 64 * 1024 * 1024)
-    spool.put([build_message([_event(i)]) for i in range(10)], store.namespace)
+    spool.put([_item(i) for i in range(10)], store.namespace)
     # A producer claims a batch, pushes it through the script, and dies before deleting.
     token, rows = spool.claim(store.namespace, 100)
-    push = store.client.register_script(_PUSH_LUA)
     marker = f"{store.namespace}:spooled:{token}"
-    keys = [store.queue_key, marker]
-    assert push(keys=keys, args=[60, *[m for _, m in rows]]) == 10
+    assert _SPOOL_PUSH(store.client, queue=store.queue_key, marker=marker, marker_ttl=60,
+                       rest=[m for _, m in rows]) == 10
     # Its claim is not retaken while fresh...
     assert spool.claim(store.namespace, 100)[1] == []
     # ...and once stale, the retaker finds the marker and pushes nothing.
     later = time.time() + CLAIM_STALE_SECONDS + 1
     token2, rows2 = spool.claim(store.namespace, 100, now=later)
     assert token2 == token and len(rows2) == 10
-    spool.unclaim_later(token2)
+    spool.expire_claim(token2)
     result = drain(spool, store)
     assert (result.messages, result.already_queued) == (0, 1)
-    assert _queued_ids(store) == [f"id-{i}" for i in range(10)]
+    assert _queued_ids(store) == IDS[:10]
     assert spool.status(store.namespace).messages == 0
 
 
@@ -109,7 +128,7 @@ def test_parallel_drains_from_several_processes_queue_each_message_once(store, t
                                                                          redis_url):
     path = tmp_path / "s.db"
     spool = Spool(str(path), 64 * 1024 * 1024)
-    spool.put([build_message([_event(i)]) for i in range(3000)], store.namespace)
+    spool.put([_item(i) for i in range(3000)], store.namespace)
     code = (
         "import sys\n"
         "from forwarder.spool import Spool, drain\n"
@@ -128,7 +147,7 @@ def test_parallel_drains_from_several_processes_queue_each_message_once(store, t
         counts.append(int(out.strip()))
     ids = _queued_ids(store)
     assert sum(counts) == 3000 and len(ids) == 3000 and len(set(ids)) == 3000
-    assert sorted(ids) == sorted(f"id-{i}" for i in range(3000))
+    assert sorted(ids) == sorted(IDS)
     assert sum(1 for c in counts if c) >= 2, f"drains did not overlap: {counts}"
 
 
@@ -181,7 +200,7 @@ def test_capture_drains_the_spool_once_redis_is_back(tmp_path):
 def test_spool_cli_status_and_flush(store, tmp_path, redis_url):
     path = tmp_path / "s.db"
     spool = Spool(str(path), 64 * 1024 * 1024)
-    spool.put([build_message([_event(i)]) for i in range(7)], store.namespace)
+    spool.put([_item(i) for i in range(7)], store.namespace)
     runner = CliRunner()
     env = {"REDIS_URL": redis_url, "FORWARDER_NAMESPACE": store.namespace,
            "FORWARDER_SPOOL_PATH": str(path)}
@@ -193,7 +212,7 @@ def test_spool_cli_status_and_flush(store, tmp_path, redis_url):
     assert "oldest entry" in text.output and "7" in text.output
     out = runner.invoke(cli, ["spool", "flush"], env=env)
     assert out.exit_code == 0, out.output
-    assert "queued 7 messages" in out.output
-    assert _queued_ids(store) == [f"id-{i}" for i in range(7)]
+    assert "queued 7 events" in out.output
+    assert _queued_ids(store) == IDS[:7]
     data = json.loads(runner.invoke(cli, ["spool", "status", "--json"], env=env).output)
     assert data["messages"] == 0 and data["oldest"] is None

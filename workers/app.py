@@ -1,7 +1,12 @@
 """The Celery app: ``celery -A workers worker`` or ``distinct-forwarder worker``.
 
-Every setting below is chosen so that an accepted event is never lost; the
-comment on each says which trap it avoids.
+Celery runs the worker: its process, its pool of delivery threads, signals,
+remote control, Flower. It does not carry the events: each worker process
+holds the events it takes in Redis (workers/holding.py) and sends itself one
+task per batch through a Celery queue of its own (workers/dispatcher.py), so
+no setting of kombu's Redis transport stands between an event and its loss.
+Every setting below says which trap it avoids. Only public Celery and kombu
+API is used: no transport subclass, no private attribute.
 """
 
 from __future__ import annotations
@@ -11,14 +16,16 @@ import os
 import threading
 from typing import Any
 
-from celery import Celery, signals
-from kombu import Exchange, Queue
+from celery import Celery, bootsteps, signals
+from celery.concurrency.solo import TaskPool as SoloPool
+from celery.concurrency.thread import TaskPool as ThreadPool
+from celery.exceptions import ImproperlyConfigured
 
 from forwarder.config import Settings
-from forwarder.constants import QUEUE, VISIBILITY_TIMEOUT_SECONDS
 from forwarder.logs import install as install_logging
 from workers import tasks
-from workers.promoter import RetryPromoterStep
+from workers.holding import new_worker_id
+from workers.runtime import WorkerRuntime, dispatch_queue
 
 
 def broker_connection(redis_url: str) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
@@ -59,70 +66,60 @@ def broker_connection(redis_url: str) -> tuple[str, dict[str, Any], dict[str, An
     return urlunsplit(parts._replace(query=rest)), {}, use_ssl
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """The Celery settings for ``settings``; each one is a deliberate choice."""
+def celery_config(settings: Settings, worker: str) -> dict[str, Any]:
+    """The Celery settings of worker process ``worker``; each one is a deliberate choice."""
     broker_url, broker_extra, broker_use_ssl = broker_connection(settings.redis_url)
+    queue = dispatch_queue(worker)
     return {
         "broker_url": broker_url,
-        # kombu's Redis transport with a reconnect bug closed (workers/transport.py).
-        "broker_transport": "workers.transport:SentinelTransport"
-        if broker_url.startswith("sentinel://") else "workers.transport:Transport",
         # rediss://: the TLS options from the URL's query (None: plain TCP).
         "broker_use_ssl": broker_use_ssl,
         "broker_transport_options": {
             # sentinel://: the master's name, the sentinels being in the URL.
             **broker_extra,
-            # Every kombu key (queue list, unacked hash, bindings) under the
-            # namespace, next to the forwarder's own keys.
+            # Every kombu key (this worker's dispatch queue, bindings) under
+            # the namespace, next to the forwarder's own keys.
             "global_keyprefix": f"{settings.namespace}:",
-            # One list per queue, whatever a message's priority: the channel
-            # fetches it with BLMOVE into a fetch list (workers/transport.py),
-            # so a kill -9 between fetch and kombu's unacked record loses nothing.
+            # A Celery message only points at a batch this worker holds in
+            # Redis; kombu's unacked hash and visibility timeout would be a
+            # second, slower way of holding it. Off.
+            "ack_emulation": False,
+            # One list per queue, whatever a message's priority.
             "priority_steps": [0],
-            # A taken message whose worker died comes back after this long.
-            # It exceeds the longest task (TASK_BUDGET_SECONDS plus one
-            # request's timeouts), so a running task is never handed to a
-            # second worker, and stays short so a kill -9 costs minutes.
-            "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
-            # Sweep for such messages every 10 s rather than kombu's
-            # default 10 s x 10, so they come back soon after the timeout.
-            "unacked_restore_interval": 10,
-            "unacked_restore_throttle": 1,
             # Notice a dead Redis connection instead of waiting forever.
             "socket_timeout": 30,
             "socket_connect_timeout": 5,
             "health_check_interval": 10,
             "retry_on_timeout": True,
         },
-        # JSON only: no pickle from a queue that producers write directly.
+        # JSON only: no pickle from a broker shared with other programs.
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",
         # Nobody reads results; storing them would only fill Redis.
         "task_ignore_result": True,
         "result_backend": None,
-        # Acknowledge after the task has stored every outcome: a crash means
-        # the message runs again (at-least-once), never that it is lost.
-        "task_acks_late": True,
-        # A prefork child killed mid-task: reject (requeue) rather than ack.
-        "task_reject_on_worker_lost": True,
-        # One message per pool slot: little sits in worker memory, and none of
-        # it waits long enough to meet the visibility timeout.
+        # What matters is held in Redis until each event's outcome is stored;
+        # the message is acknowledged when its task starts.
+        "task_acks_late": False,
+        # One message per pool slot: the dispatcher decides how much is taken.
         "worker_prefetch_multiplier": 1,
         # Threads: delivery waits on the network, not the CPU.
         "worker_pool": "threads",
         "worker_concurrency": settings.concurrency,
-        "task_default_queue": QUEUE,
-        # The default exchange: producers LPUSH messages routed by queue name.
-        "task_queues": [Queue(QUEUE, Exchange(""), routing_key=QUEUE)],
+        # This process consumes only its own dispatch queue, bound to the
+        # default exchange: a message is routed by the queue's name alone.
+        "task_default_queue": queue.name,
+        "task_default_exchange": "",
+        "task_queues": [queue],
         "task_create_missing_queues": False,
         # Keep reconnecting to Redis for as long as it takes.
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         # SIGTERM is a warm shutdown: each running task finishes its current
-        # POST and hands its unsent events back (see _on_shutdown), kombu
-        # returns unstarted messages at once. SIGQUIT (cold): running tasks
-        # get this long, then anything unacknowledged goes back at once.
+        # POST and hands the rest of its batch back (see _on_shutdown); the
+        # worker then requeues what it still holds. SIGQUIT (cold): running
+        # tasks get this long.
         "worker_soft_shutdown_timeout": settings.shutdown_timeout,
         "worker_enable_soft_shutdown_on_idle": True,
         # Backoff is the retry set's job and rate limits are global (Redis).
@@ -135,50 +132,87 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def _force_exit(settings: Settings) -> None:
     logging.getLogger("distinct_forwarder.worker").error(
-        "shutdown took longer than FORWARDER_SHUTDOWN_TIMEOUT (%.0f s): exiting now; "
-        "unfinished messages return after the visibility timeout", settings.shutdown_timeout)
+        "shutdown took longer than FORWARDER_SHUTDOWN_TIMEOUT (%.0f s): exiting now; what "
+        "this worker held is requeued by the other workers once its heartbeat is silent",
+        settings.shutdown_timeout)
     os._exit(1)
 
 
-def create_app(settings: Settings | None = None) -> Celery:
-    """A Celery app delivering the events of ``settings.namespace``."""
-    settings = settings or Settings.from_env()
-    app = Celery("distinct-forwarder", set_as_current=False)
-    app.config_from_object(celery_config(settings))
-    tasks.register(app)
-    app.steps["worker"].add(RetryPromoterStep)
+class ForwarderCelery(Celery):
+    """The Celery app of one worker process, with the forwarder's runtime beside it."""
 
-    lock = threading.Lock()
-    holder: dict[str, tasks.Deliverer] = {}
+    def __init__(self, settings: Settings, worker: str):
+        super().__init__("distinct-forwarder", set_as_current=False)
+        self.forwarder_settings = settings
+        #: This process's id in the worker registry (host:pid:random).
+        self.worker_id = worker
+        self._runtime_lock = threading.Lock()
+        self._runtime_instance: WorkerRuntime | None = None
 
-    def deliverer() -> tasks.Deliverer:
-        # Built on first use in each process, after any fork.
-        with lock:
-            if "d" not in holder:
-                install_logging(settings.log_format)
+    def runtime(self) -> WorkerRuntime:
+        """This process's WorkerRuntime, built on first use (after any fork)."""
+        with self._runtime_lock:
+            if self._runtime_instance is None:
+                install_logging(self.forwarder_settings.log_format)
                 # Our own line per delivery outcome says more; Celery's two
                 # lines per task ("received", "succeeded") would triple the log.
                 for name in ("celery.app.trace", "celery.worker.strategy"):
                     logging.getLogger(name).setLevel(logging.WARNING)
-                holder["d"] = tasks.Deliverer(settings)
-            return holder["d"]
+                self._runtime_instance = WorkerRuntime(self, self.forwarder_settings,
+                                                       self.worker_id)
+            return self._runtime_instance
 
-    def _on_shutdown(**_: Any) -> None:
-        # Only the app that delivered something in this process reacts.
-        running = holder.get("d")
-        if running is None:
+    def runtime_if_started(self) -> WorkerRuntime | None:
+        return self._runtime_instance
+
+
+class ForwarderStep(bootsteps.StartStopStep):
+    """Starts the forwarder's runtime once the pool exists, before consuming."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def start(self, worker: Any) -> None:
+        pool = worker.pool_cls
+        if not (isinstance(pool, type) and issubclass(pool, (ThreadPool, SoloPool))):
+            raise ImproperlyConfigured(
+                "distinct-forwarder workers run with the threads pool (the default; or "
+                "--pool=solo): their tasks share the process that holds their events")
+        worker.app.runtime().start(int(worker.concurrency or 1))
+
+    def stop(self, worker: Any) -> None:
+        runtime = worker.app.runtime_if_started()
+        if runtime is not None:
+            runtime.stop_taking()
+
+
+def create_app(settings: Settings | None = None) -> ForwarderCelery:
+    """A Celery app delivering the events of ``settings.namespace``."""
+    settings = settings or Settings.from_env()
+    worker = new_worker_id()
+    app = ForwarderCelery(settings, worker)
+    app.config_from_object(celery_config(settings, worker))
+    tasks.register(app)
+    app.steps["worker"].add(ForwarderStep)
+
+    def _on_shutting_down(**_: Any) -> None:
+        # Only the app that started a runtime in this process reacts.
+        runtime = app.runtime_if_started()
+        if runtime is None:
             return
-        running.stopping.set()
+        runtime.stop_taking()
         # Backstop: a POST slower than the timeout must not hold the exit.
-        # What it held is in kombu's unacked hash: back after the visibility
-        # timeout, and the dedupe claim keeps it from being POSTed twice.
+        # What it held is requeued by a live worker once this one is silent.
         timer = threading.Timer(settings.shutdown_timeout, _force_exit, [settings])
         timer.daemon = True
         timer.start()
 
-    signals.worker_shutting_down.connect(_on_shutdown, weak=False)
-    app.forwarder_settings = settings  # type: ignore[attr-defined]
-    app.forwarder_deliverer = deliverer  # type: ignore[attr-defined]
+    def _on_shutdown(**_: Any) -> None:
+        runtime = app.runtime_if_started()
+        if runtime is not None:
+            runtime.close()
+
+    signals.worker_shutting_down.connect(_on_shutting_down, weak=False)
+    signals.worker_shutdown.connect(_on_shutdown, weak=False)
     return app
 
 

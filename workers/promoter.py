@@ -1,10 +1,10 @@
 """Moves due retries from the retry set back to the queue.
 
 Every worker process runs one of these threads. The move is one Lua script
-(``Store.promote_due``), so with any number of workers each due retry goes
-back to the queue exactly once. Backoff therefore never lives in worker
-memory or in Celery ETA messages, which kombu's Redis transport redelivers
-in a loop once their delay passes the visibility timeout.
+(``promote.lua``), so with any number of workers each due retry is requeued
+exactly once. Backoff therefore never lives in worker memory or in Celery
+ETA messages, which kombu's Redis transport redelivers in a loop once their
+delay passes the visibility timeout.
 """
 
 from __future__ import annotations
@@ -13,22 +13,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import redis
-from celery import bootsteps
 
+from forwarder import constants as C
 from forwarder.constants import (
-    FETCH_GRACE_SECONDS,
-    FETCH_SWEEP_INTERVAL_SECONDS,
-    FETCHER_EXPIRY_SECONDS,
     PROMOTE_BATCH,
     PROMOTE_INTERVAL_SECONDS,
-    VISIBILITY_TIMEOUT_SECONDS,
+    RAMP_START,
+    RAMP_STEP_SECONDS,
 )
-from forwarder.gate import Gate
+from forwarder.scripts import script
 from forwarder.store import Store
 from workers import metrics
+
+_PROMOTE = script("promote", "workers")
 
 log = logging.getLogger("distinct_forwarder.promoter")
 #: How often the queue/retry/DLQ/breaker gauges are refreshed.
@@ -50,28 +49,30 @@ class RetryPromoter:
         interval: float = PROMOTE_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.time,
         dlq_ttl: float | None = None,
-        gate: Gate | None = None,
-        fetch_grace: float = FETCH_GRACE_SECONDS,
     ):
         self.store = store
         self.interval = interval
         self.clock = clock
         self.dlq_ttl = dlq_ttl
-        self.gate = gate
+        k = lambda name: C.key(store.namespace, name)  # noqa: E731
+        self._keys = {"retry": store.retry_key, "queue": store.queue_key,
+                      "breaker": k(C.BREAKER), "probe": k(C.BREAKER_PROBE),
+                      "released": k(C.BREAKER_RELEASED)}
         self._next_gauges = 0.0
-        self._next_sweep = 0.0
-        self.fetch_grace = fetch_grace
-        #: Messages seen in fetch lists, and when this sweeper first saw each.
-        self._stranded: dict[tuple[str, str], float] = {}
         self._next_retention = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.moved = 0
 
+    def promote_due(self, limit: int = PROMOTE_BATCH) -> int:
+        """Requeue retries due now (Redis clock), as the breaker allows; returns how many."""
+        return int(_PROMOTE(self.store.client, **self._keys, limit=limit,
+                            ramp_start=RAMP_START, ramp_step=RAMP_STEP_SECONDS))
+
     def run_once(self) -> int:
         moved = 0
         while True:
-            n = self.store.promote_due(self.clock(), PROMOTE_BATCH)
+            n = self.promote_due()
             moved += n
             if n < PROMOTE_BATCH:
                 return moved
@@ -101,44 +102,13 @@ class RetryPromoter:
             metrics.QUEUE_DEPTH.set(self.store.queue_depth())
             metrics.RETRY_DEPTH.set(self.store.retry_depth())
             metrics.DLQ_DEPTH.set(self.store.dlq_depth())
-            if self.gate is not None:
-                metrics.BREAKER_OPEN.set(1 if self.gate.state().state == "open" else 0)
-        if now >= self._next_sweep:
-            self._next_sweep = now + FETCH_SWEEP_INTERVAL_SECONDS
-            self._sweep_fetch_lists(now)
-            restored = self.store.restore_taken()
-            if restored:
-                log.warning("queued %d messages again: a worker took them over %.0f s ago "
-                            "and never finished (killed?)", restored, VISIBILITY_TIMEOUT_SECONDS)
+            metrics.BREAKER_OPEN.set(1 if self.store.breaker().state == "open" else 0)
         if self.dlq_ttl and now >= self._next_retention:
             self._next_retention = now + RETENTION_INTERVAL_SECONDS
             removed = self.store.dlq_expire(self.clock(), self.dlq_ttl)
             if removed:
                 log.warning("DLQ retention: removed %d entries older than %.0f days",
                             removed, self.dlq_ttl / 86400)
-
-    def _sweep_fetch_lists(self, now: float) -> None:
-        """Queue again messages stranded between a fetch and kombu's unacked record."""
-        seen: dict[tuple[str, str], float] = {}
-        for fetch_list, last_seen in self.store.fetchers():
-            messages = self.store.fetching(fetch_list)
-            if not messages and last_seen < self.clock() - FETCHER_EXPIRY_SECONDS:
-                self.store.forget_fetcher(fetch_list, last_seen)
-            for message in messages:
-                seen[(fetch_list, message)] = self._stranded.get((fetch_list, message), now)
-        self._stranded = seen
-        by_list: dict[str, list[str]] = {}
-        for (fetch_list, message), first in seen.items():
-            if now - first >= self.fetch_grace:
-                by_list.setdefault(fetch_list, []).append(message)
-        for fetch_list, messages in by_list.items():
-            requeued = self.store.rescue(fetch_list, messages)
-            for message in messages:
-                self._stranded.pop((fetch_list, message), None)
-            if requeued:
-                log.warning("queued %d messages again: fetched over %.0f s ago by a worker "
-                            "that never recorded them (killed mid-fetch?)", requeued,
-                            self.fetch_grace)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="retry-promoter", daemon=True)
@@ -148,25 +118,3 @@ class RetryPromoter:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-
-
-class RetryPromoterStep(bootsteps.StartStopStep):
-    """Celery worker bootstep running a RetryPromoter next to the pool."""
-
-    def __init__(self, worker: Any, **kwargs: Any):
-        super().__init__(worker, **kwargs)
-        self.promoter: RetryPromoter | None = None
-
-    def start(self, worker: Any) -> None:
-        deliverer = worker.app.forwarder_deliverer()
-        settings = deliverer.settings
-        metrics.serve(settings.metrics_port)
-        self.promoter = RetryPromoter(deliverer.store, dlq_ttl=settings.dlq_ttl,
-                                      gate=deliverer.gate, fetch_grace=settings.fetch_grace)
-        self.promoter.start()
-
-    def stop(self, worker: Any) -> None:
-        if self.promoter is not None:
-            self.promoter.stop()
-
-    shutdown = stop

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +10,7 @@ import click
 
 from forwarder.cli.base import Ctx, cli, pass_ctx
 from forwarder.errors import InvalidEvent
+from forwarder.rawjson import StrictJSONError, loads_strict
 
 
 # --- send -----------------------------------------------------------------------
@@ -25,9 +25,10 @@ def _read_events(json_text: str | None, file: Any) -> Iterator[tuple[str, Any]]:
 
 def _loads(text: str, where: str) -> Any:
     try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise click.BadParameter(f"{where}: not JSON ({exc})") from None
+        return loads_strict(text)
+    except StrictJSONError as exc:
+        field = "" if exc.field == "_event" else f"{exc.field}: "
+        raise click.BadParameter(f"{where}: {field}{exc}") from None
 
 
 @cli.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -26,27 +27,20 @@ def worker(obj: Ctx, celery_args: tuple[str, ...]) -> None:
     Example:
       DISTINCT_API_KEY=... distinct-forwarder worker --loglevel=INFO
     """
-    import os
-
     if obj.redis_url:
         os.environ["REDIS_URL"] = obj.redis_url
     if obj.namespace:
         os.environ["FORWARDER_NAMESPACE"] = obj.namespace
-    settings = obj.settings()
     try:
-        settings.require_delivery()
+        obj.settings().require_delivery()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    from forwarder.supervise import CHILD_ENV, supervise
-
-    if os.environ.get(CHILD_ENV) != "1":
-        sys.exit(supervise([sys.executable, "-m", "forwarder", "worker", *celery_args]))
-    from workers.app import create_app
-
-    app = create_app(settings)
-    args = ["worker", "--without-gossip", "--without-mingle", "--loglevel=INFO",
-            f"--hostname=forwarder-{os.getpid()}@%h", *celery_args]
-    app.worker_main(args)
+    # The worker is its own program (`python -m workers`): a producer or an
+    # operator tool never imports it.
+    argv = [sys.executable, "-m", "workers", *celery_args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
 
 
 # --- status, config -------------------------------------------------------------
@@ -54,7 +48,8 @@ def worker(obj: Ctx, celery_args: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (per refresh).")
 @click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C.")
 @click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.2))
-@click.option("--no-ping", is_flag=True, help="Skip the Celery ping of live workers.")
+@click.option("--no-ping", is_flag=True, hidden=True,
+              help="Accepted for 0.1 scripts; workers are read from their heartbeats.")
 @pass_ctx
 def status(obj: Ctx, as_json: bool, watch: bool, interval: float, no_ping: bool) -> None:
     """Queue, retry set, DLQ, breaker, recent outcomes, workers and Redis health.
@@ -71,7 +66,7 @@ def status(obj: Ctx, as_json: bool, watch: bool, interval: float, no_ping: bool)
     store = obj.store()
     color = sys.stdout.isatty()
     while True:
-        report = collect(settings, store, ping=not no_ping)
+        report = collect(settings, store)
         if as_json:
             click.echo(json.dumps(report))
         else:

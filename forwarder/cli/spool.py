@@ -107,11 +107,11 @@ def flush_cmd(obj: Ctx, path: str | None, as_json: bool) -> None:
         click.echo(json.dumps({"queued": result.messages, "already_queued":
                                result.already_queued, "left": left.messages}))
     else:
-        click.echo(f"queued {result.messages} messages"
+        click.echo(f"queued {result.messages} events"
                    + (f" ({result.already_queued} batches were already queued)"
                       if result.already_queued else "")
                    + f"; {left.messages} left in {sp.path}")
     if left.messages:
         raise click.ClickException(
-            f"{left.messages} messages are claimed by a running producer; "
+            f"{left.messages} events are claimed by a running producer; "
             "run flush again in a minute")

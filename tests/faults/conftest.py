@@ -25,10 +25,10 @@ import pytest
 
 from forwarder import Forwarder
 from forwarder.config import Settings
+from forwarder.processes import tree_rss_kib
 from forwarder.redis_server import RedisServer
 from forwarder.sandbox import Faults, Sandbox
 from forwarder.store import Store, connect
-from forwarder.supervise import tree_rss_kib
 from tests.conftest import API_KEY, WorkerProcess
 
 ROWS: list[dict[str, Any]] = []
@@ -210,8 +210,7 @@ class Rig:
         raise AssertionError(f"{self.name}: {missing} of {len(self.captured)} events not "
                              f"delivered after {timeout:.0f} s (queue "
                              f"{self.store.queue_depth()}, retry {self.store.retry_depth()}, "
-                             f"taken batches {self.store.taken_depth()}, fetching "
-                             f"{self.store.fetching_depth()})")
+                             f"held {sum(w.held for w in self.store.workers())})")
 
     def row(self, note: str = "") -> dict[str, Any]:
         self.sample_rss()

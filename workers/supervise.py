@@ -1,13 +1,16 @@
 """``distinct-forwarder worker`` runs Celery in a child process and restarts it.
 
-kombu can give up on a broker connection lost at an unlucky moment (seen here
-when Redis is killed and restarted under load: an AttributeError inside its
-reconnect path ends the worker with "Unrecoverable error"). A worker is a
-daemon that must outlive Redis restarts, so this small parent restarts the
-Celery worker whenever it exits on its own with a failure, with a growing
-pause. SIGTERM, SIGINT and SIGQUIT are passed to the child and end the
-supervision; the child is killed with the parent (PR_SET_PDEATHSIG), so a
-``kill -9`` of the parent still stops every process of the worker.
+A worker is a daemon that must outlive Redis restarts and its own crashes
+(kombu has been seen giving up on a broker connection lost at an unlucky
+moment; an OOM kill takes the biggest process, the Celery child), so this
+small parent restarts the Celery worker whenever it exits on its own with a
+failure, with a growing pause. Each time a child ends, the parent requeues
+at once whatever it still held (``after_child``): the child is known dead,
+so there is no need to wait for its heartbeat to fall silent. SIGTERM,
+SIGINT and SIGQUIT are passed to the child and end the supervision; the
+child is killed with the parent (PR_SET_PDEATHSIG), so a ``kill -9`` of the
+parent still stops every process of the worker (and then the other workers'
+heartbeat sweep recovers its events).
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 CHILD_ENV = "FORWARDER_WORKER_CHILD"
 #: Pause before the first restart, doubling up to MAX_PAUSE.
@@ -40,8 +42,12 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def supervise(argv: Sequence[str], env: dict[str, str] | None = None) -> int:
-    """Run ``argv`` until it exits by request; returns its exit code."""
+def supervise(argv: Sequence[str], env: dict[str, str] | None = None,
+              after_child: Callable[[int, int], None] | None = None) -> int:
+    """Run ``argv`` until it exits by request; returns its exit code.
+
+    ``after_child(pid, code)`` runs after every child has ended.
+    """
     parent = os.getpid()
     child_env = dict(os.environ if env is None else env, **{CHILD_ENV: "1"})
     stopping = False
@@ -63,6 +69,13 @@ def supervise(argv: Sequence[str], env: dict[str, str] | None = None) -> int:
         code = child.wait()
         while code is None:  # pragma: no cover - wait() returns the code
             code = child.wait()
+        if after_child is not None:
+            try:
+                after_child(child.pid, code)
+            except Exception as exc:  # the heartbeat sweep is the fallback
+                print(f"distinct-forwarder: could not requeue what the worker held "
+                      f"({type(exc).__name__}); the other workers will", file=sys.stderr,
+                      flush=True)
         if stopping or code == 0:
             return code if code >= 0 else 128 - code
         if time.monotonic() - started > STABLE_AFTER:
@@ -75,33 +88,3 @@ def supervise(argv: Sequence[str], env: dict[str, str] | None = None) -> int:
         if stopping:
             return 0
         pause = min(pause * 2, MAX_PAUSE)
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
-    """SIGTERM a child, wait ``timeout`` seconds, then SIGKILL it; returns its exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    return int(process.returncode)
-
-
-def tree_rss_kib(pid: int, field: str = "VmRSS") -> int:
-    """Resident memory (or ``VmHWM``, its peak) of a process and its descendants, in KiB."""
-    total = 0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith(field + ":"):
-                    total += int(line.split()[1])
-            for task in Path(f"/proc/{current}/task").iterdir():
-                children = (task / "children").read_text().split()
-                pending.extend(int(c) for c in children)
-        except (OSError, ValueError):
-            continue
-    return total

@@ -1,0 +1,463 @@
+"""Every Lua script, run directly against a real Redis, plus the loader that runs them.
+
+Each script is called here the way production calls it (the same LuaScript
+objects, the same named KEYS and ARGV); test_every_script_has_a_direct_test
+fails when a new .lua file lands without one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from forwarder import dlq
+from forwarder.scripts import LuaScript, parse_layout, read_library, script
+from forwarder.store import Store, connect, dedupe_member
+from tests.helpers import (
+    HELD_WORKER,
+    add_dead_letter,
+    dead_letter_entry,
+    held_key,
+    item,
+    queued,
+    store_outcomes,
+)
+from workers.gate import BreakerPolicy, Gate
+from workers.holding import Holding
+from workers.outcomes import Finish, dead_letter
+from workers.promoter import RetryPromoter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+#: (package, name) of every script run by the tests of this module.
+RAN: set[tuple[str, str]] = set()
+
+
+@pytest.fixture(autouse=True)
+def _record_scripts_run(monkeypatch):
+    original = LuaScript.__call__
+
+    def recording(self, client, *, rest=(), **named):
+        RAN.add((self.package, self.name))
+        return original(self, client, rest=rest, **named)
+
+    monkeypatch.setattr(LuaScript, "__call__", recording)
+
+
+def _run_parallel(target, count: int) -> None:
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --- the loader ------------------------------------------------------------------------
+def test_layout_is_read_from_the_header_and_bound_by_name():
+    layout = parse_layout("-- what it does\n--! KEYS a b\n--! ARGV x\n--! ARGV* rest\n"
+                          "--! include lib/now.lua\nreturn 1\n--! KEYS late\n")
+    assert (layout.keys, layout.args, layout.rest) == (("a", "b"), ("x",), "rest")
+    assert layout.includes == ("lib/now.lua",)
+    with pytest.raises(ValueError):
+        parse_layout("--! KEYS a a\n")
+    with pytest.raises(ValueError):
+        parse_layout("--! KEYS Bad-Name\n")
+
+
+def test_a_call_with_a_missing_or_unknown_name_never_reaches_redis(store):
+    take = script("take", "workers")
+    with pytest.raises(TypeError, match="missing"):
+        take(store.client, queue="q", landing="l", held="h", batch="b", limit=1)
+    with pytest.raises(TypeError, match="unknown"):
+        take(store.client, queue="q", landing="l", held="h", batch="b", limit=1, free=1,
+             extra=2)
+    with pytest.raises(TypeError, match="variadic"):
+        take(store.client, queue="q", landing="l", held="h", batch="b", limit=1, free=1,
+             rest=[1])
+
+
+def _all_scripts() -> list[tuple[str, str]]:
+    found = []
+    for package in ("forwarder", "workers"):
+        for entry in resources.files(package).joinpath("lua").iterdir():
+            if entry.name.endswith(".lua"):
+                found.append((package, entry.name[:-4]))
+    return sorted(found)
+
+
+@pytest.mark.parametrize("package,name", _all_scripts())
+def test_every_script_loads_with_its_libraries_and_compiles(store, package, name):
+    lua = LuaScript(name, package)
+    # SCRIPT LOAD compiles it: a syntax error or a missing include fails here.
+    sha = store.client.script_load(lua.source)
+    assert re.fullmatch(r"[0-9a-f]{40}", _text(sha))
+    # The libraries define functions only: nothing runs at include time.
+    for include in lua.layout.includes:
+        text = read_library(package, include)
+        code = [line for line in text.splitlines() if line and not line.startswith("--")]
+        assert code and code[0].startswith("local function "), include
+
+
+# --- take, requeue_held, requeue_worker, beat (workers/holding.py) -------------------------
+def test_take_holds_events_in_fields_and_spreads_a_short_backlog(store):
+    holding = Holding(store.client, store.namespace, HELD_WORKER)
+    store.enqueue([item(i) for i in range(10)])
+    taken = holding.take("b1", limit=32, free=5)  # 10 queued over 5 free slots: 2
+    assert len(taken.items) == 2
+    assert json.loads(taken.items[0])["body"]["eventValue"] == "evt-0"  # oldest first
+    assert holding.load("b1", 2) == [("b1:1", taken.items[0]), ("b1:2", taken.items[1])]
+    big = holding.take("b2", limit=32, free=1)
+    assert len(big.items) == 8 and store.queue_depth() == 0
+    assert holding.client.hlen(holding.held_key) == 10
+    assert holding.take("b3", limit=32, free=1).items == []
+
+
+def test_take_includes_what_landed_while_waiting(store):
+    holding = Holding(store.client, store.namespace, HELD_WORKER)
+    store.enqueue([item(1)])
+    assert holding.wait_for_work(0.1)
+    assert store.queue_depth() == 0  # it is in the landing list, held by this worker
+    assert not holding.wait_for_work(0.1)  # an empty queue: the wait times out
+    taken = holding.take("b", limit=32, free=1)
+    assert [json.loads(i)["body"]["eventValue"] for i in taken.items] == ["evt-1"]
+    assert not store.client.exists(holding.landing_key)
+
+
+def test_requeue_held_hands_back_only_what_is_still_held(store):
+    holding = Holding(store.client, store.namespace, HELD_WORKER)
+    store.enqueue([item(i) for i in range(3)])
+    holding.take("b", limit=32, free=1)
+    store.client.hdel(holding.held_key, "b:2")  # its outcome was stored meanwhile
+    assert holding.requeue_held(["b:1", "b:2", "b:3"]) == 2
+    assert [e["body"]["eventValue"] for e in queued(store)] == ["evt-0", "evt-2"]
+    assert holding.client.hlen(holding.held_key) == 0
+
+
+def test_beat_registers_and_says_when_declared_dead(store):
+    holding = Holding(store.client, store.namespace, "w-1")
+    assert holding.beat(first=True, info={"host": "h", "pid": 7})
+    (worker,) = store.workers()
+    assert worker.id == "w-1" and worker.info["host"] == "h" and worker.info["pid"] == "7"
+    assert 0 <= time.time() - worker.last_beat < 5
+    assert holding.beat()
+    store.client.zrem(holding.workers_key, "w-1")  # a sweeper declared it dead
+    assert holding.beat() is False
+
+
+def test_requeue_worker_brings_back_a_silent_workers_events_and_claims(store):
+    dead = Holding(store.client, store.namespace, "dead-1")
+    live = Holding(store.client, store.namespace, "live-1")
+    dead.beat(first=True)
+    live.beat(first=True)
+    store.enqueue([item(i) for i in range(5)])
+    taken = dead.take("b", limit=3, free=1)
+    store.client.lpush(dead.landing_key, item(9))
+    token = dead.claim_token()
+    gate = Gate(store.client, store.namespace)
+    first_id = json.loads(taken.items[0])["id"]
+    assert gate.admit_many([first_id], token, 60)[0].state == "claimed"
+    other = Gate(store.client, store.namespace).admit_many(["0b8e7a52-0c1e-4d4f-9a57-"
+                                                           "1f7a3c2b9d10"], "someone|x", 60)
+    assert other[0].state == "claimed"
+    # Alive (beat just now): nothing happens.
+    assert live.requeue_worker("dead-1", silent_for=20) == -1
+    assert live.silent_workers(20) == []
+    # Silent for longer than the bound: everything comes back, once.
+    store.client.zadd(live.workers_key, {"dead-1": time.time() - 60})
+    assert live.silent_workers(20) == ["dead-1"]
+    assert live.requeue_worker("dead-1", silent_for=20) == 4
+    assert live.requeue_worker("dead-1", silent_for=20) == 0
+    assert store.queue_depth() == 2 + 4
+    assert [w.id for w in store.workers()] == ["live-1"]
+    assert not store.client.exists(dead.held_key, dead.landing_key, dead.info_key)
+    # Its claim is gone, so the event is sent again now; another worker's stays.
+    assert not store.client.exists(f"{store.namespace}:inflight:{first_id}")
+    assert store.client.exists(f"{store.namespace}:inflight:0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d10")
+
+
+# --- finish (workers/outcomes.py) ------------------------------------------------------------
+def test_finish_stores_each_outcome_and_takes_it_out_of_held(store):
+    dead_entry = dead_letter_entry(1)
+    retried = item(2, attempts=1)
+    changes = store_outcomes(store, [
+        Finish("b:1", "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d10", "delivered",
+               dedupe_member("0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d10")),
+        Finish("b:2", "id-2", "retried", retried, 30.0),
+        dead_letter("b:3", dead_entry),
+        Finish("b:4", "id-4", "skipped"),
+    ])
+    assert changes == []
+    assert store.is_delivered("0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d10")
+    assert _text(store.first_retry()) == retried
+    due = store.next_retry_due()
+    assert due is not None and 28 < due - time.time() <= 30.5  # Redis clock + delay
+    assert store.dlq_get([dead_entry["id"]])[0]["reason"] == "rejected"
+    assert store.dlq_depth_by_reason() == {"rejected": 1}
+    assert store.client.hlen(held_key(store)) == 0
+    counts = store.outcome_counts(time.time(), 1)
+    assert (counts["delivered"], counts["retried"], counts["dead_lettered"]) == (1, 1, 1)
+
+
+def test_finish_of_an_event_no_longer_held_keeps_only_delivered(store):
+    outcomes_ = [Finish("gone:1", "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d11", "delivered",
+                        dedupe_member("0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d11")),
+                 Finish("gone:2", "id-2", "retried", item(2), 1.0),
+                 dead_letter("gone:3", dead_letter_entry(3))]
+    from tests.helpers import outcomes
+    outcomes(store).store("", outcomes_)  # nothing held: a sweeper requeued them
+    assert store.is_delivered("0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d11")  # a fact about Distinct
+    assert store.retry_depth() == 0 and store.dlq_depth() == 0
+
+
+def test_finish_releases_only_its_own_claim(store):
+    gate = Gate(store.client, store.namespace)
+    event_id = "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d12"
+    assert gate.admit_many([event_id], "mine", 0.05)[0].state == "claimed"
+    time.sleep(0.1)  # expired, and another worker claimed it since
+    assert gate.admit_many([event_id], "theirs", 5)[0].state == "claimed"
+    store_outcomes(store, [Finish("b:1", event_id, "retried", item(1), 10.0)], token="mine")
+    assert store.client.get(f"{store.namespace}:inflight:{event_id}") == b"theirs"
+    store_outcomes(store, [Finish("b:2", event_id, "released")], token="theirs")
+    assert not store.client.exists(f"{store.namespace}:inflight:{event_id}")
+    assert store.client.hexists(held_key(store), "b:2")  # released: still held
+
+
+# The breaker, through finish.lua as production runs it.
+def _signal(store, signal: str, token: str = "", policy: BreakerPolicy | None = None,
+            reason: str = "transient") -> str:
+    changes = store_outcomes(store, [Finish(f"b:{time.monotonic_ns()}", "id", "retried",
+                                            item(0), 60.0, "", signal, reason)],
+                             token=token, policy=policy)
+    return changes[0] if changes else ""
+
+
+def _policy(**overrides) -> BreakerPolicy:
+    return BreakerPolicy(**{"cooldown_min": 0.3, "cooldown_max": 1.0, **overrides})
+
+
+def test_breaker_consecutive_failures_open_it_and_nothing_is_admitted(store):
+    policy = _policy(consecutive=3, min_requests=1000)
+    assert [_signal(store, "fail", policy=policy) for _ in range(3)] == ["", "", "opened"]
+    state = store.breaker()
+    assert state.state == "open" and state.reason == "transient"
+    admission = Gate(store.client, store.namespace).admit_many(["e1"], "t1", 5)[0]
+    assert admission.state == "open" and 0 < admission.wait <= 0.3
+    assert not store.client.exists(f"{store.namespace}:inflight:e1")
+
+
+def test_breaker_a_success_resets_the_consecutive_count(store):
+    policy = _policy(consecutive=3, min_requests=1000)
+    for signal in ("fail", "fail", "ok", "fail", "fail"):
+        assert _signal(store, signal, policy=policy) == ""
+    assert store.breaker().state == "closed"
+
+
+def test_breaker_failure_ratio_over_the_window_opens_it(store):
+    policy = _policy(consecutive=1000, min_requests=20, ratio=0.5)
+    changes = [_signal(store, "fail" if i % 2 else "ok", policy=policy) for i in range(20)]
+    assert changes[-1] == "opened" and changes[:-1] == [""] * 19
+
+
+def test_breaker_one_probe_at_a_time_then_close_on_success(store):
+    policy = _policy(consecutive=1)
+    assert _signal(store, "fail", policy=policy) == "opened"
+    time.sleep(0.35)
+    gate = Gate(store.client, store.namespace)
+    probe = gate.admit_many(["p1"], "tok-1", 5)[0]
+    assert probe.state == "claimed" and probe.probe
+    assert gate.admit_many(["p2"], "tok-2", 5)[0].state == "open"  # only one probe
+    assert _signal(store, "ok", "tok-1", policy) == "closed"
+    assert store.breaker().state == "closed"
+
+
+def test_breaker_failed_probe_doubles_the_cooldown_up_to_the_maximum(store):
+    policy = _policy(consecutive=1, cooldown_min=0.2, cooldown_max=0.5)
+    assert _signal(store, "fail", policy=policy) == "opened"
+    gate = Gate(store.client, store.namespace)
+    cooldowns = []
+    for n in range(3):
+        time.sleep(store.breaker().cooldown + 0.05)
+        assert gate.admit_many([f"p{n}"], f"tok{n}", 5)[0].probe
+        assert _signal(store, "fail", f"tok{n}", policy) == "reopened"
+        cooldowns.append(store.breaker().cooldown)
+    assert cooldowns == [0.4, 0.5, 0.5]
+    # A failure that was not the probe (sent before it opened) changes nothing.
+    assert _signal(store, "fail", "someone-else", policy) == ""
+
+
+def test_breaker_auth_failure_opens_at_once_with_its_own_reason(store):
+    assert _signal(store, "auth", policy=_policy(), reason="auth") == "opened"
+    state = store.breaker()
+    assert state.reason == "auth" and "DISTINCT_API_KEY" in state.hint
+
+
+# --- admit (workers/gate.py) -------------------------------------------------------------------
+def test_admit_claim_states(store):
+    gate = Gate(store.client, store.namespace)
+    event_id = "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d13"
+    assert gate.admit_many([event_id], "t1", 5)[0].state == "claimed"
+    assert gate.admit_many([event_id], "t2", 5)[0].state == "busy"
+    store_outcomes(store, [Finish("b:1", event_id, "delivered", dedupe_member(event_id))],
+                   token="t1")
+    assert gate.admit_many([event_id], "t3", 5)[0].state == "delivered"
+    assert not store.client.exists(f"{store.namespace}:inflight:{event_id}")
+
+
+def test_admit_rate_limit_reserves_evenly_spaced_slots(store):
+    gate = Gate(store.client, store.namespace, rate_limit=20)
+    waits = []
+    for i in range(30):
+        admission = gate.admit_many([f"r{i}"], "t", 5)[0]
+        if admission.state == "claimed":
+            waits.append(admission.wait)
+        else:
+            assert admission.state == "wait" and admission.wait > 0.9
+    # 20/s: slot n is reserved n/20 s ahead, up to the 1 s horizon.
+    assert len(waits) == 21
+    for n, wait in enumerate(waits):
+        assert abs(wait - n / 20) < 0.05
+
+
+# --- promote (workers/promoter.py) -------------------------------------------------------------
+def _due(store: Store, n: int, delay: float = -1.0, start: int = 0) -> None:
+    now = time.time()
+    with store.client.pipeline() as pipe:
+        for i in range(start, start + n):
+            pipe.zadd(store.retry_key, {item(i, attempts=1): now + delay})
+        pipe.execute()
+
+
+def test_promote_moves_each_due_retry_exactly_once_under_concurrency(store, redis_url):
+    _due(store, 2000)
+    _due(store, 50, delay=3600, start=2000)  # not due yet
+
+    def promoter() -> None:
+        own = RetryPromoter(Store(connect(redis_url), store.namespace))
+        while own.promote_due(37):
+            pass
+
+    _run_parallel(promoter, 8)
+    ids = [e["id"] for e in queued(store)]
+    assert len(ids) == 2000 and len(set(ids)) == 2000
+    assert store.retry_depth() == 50
+    assert store.next_retry_due() > time.time() + 3000
+
+
+def test_promote_holds_back_while_open_and_ramps_after_closing(store):
+    promoter = RetryPromoter(store)
+    _due(store, 1000)
+    policy = _policy(consecutive=1)
+    _signal(store, "fail", policy=policy)  # opens; that outcome parked one more retry
+    assert promoter.promote_due() == 0  # open: nothing released
+    time.sleep(0.35)
+    assert promoter.promote_due() == 1  # one probe candidate
+    assert promoter.promote_due() == 0  # and only one
+    assert Gate(store.client, store.namespace).admit_many(["probe"], "tok", 5)[0].probe
+    assert _signal(store, "ok", "tok", policy) == "closed"
+    assert promoter.promote_due() == 20  # RAMP_START right after closing
+    assert store.retry_depth() == 1000 + 2 - 1 - 20
+
+
+# --- the dead-letter queue (forwarder/store.py, forwarder/dlq.py) -------------------------------
+def test_replay_from_two_terminals_at_once_queues_each_entry_once(store, redis_url):
+    entries = [add_dead_letter(store, dead_letter_entry(i)) for i in range(300)]
+    reports = []
+    _run_parallel(lambda: reports.append(dlq.replay(Store(connect(redis_url),
+                                                          store.namespace))), 4)
+    ids = [e["id"] for e in queued(store)]
+    assert sorted(ids) == sorted(entries)
+    assert sum(len(r.replayed) for r in reports) == 300
+    assert store.dlq_depth() == 0 and store.dlq_depth_by_reason() == {}
+    # A replayed event starts afresh, so its max age counts from the replay.
+    first = queued(store)[0]
+    assert first["attempts"] == 0 and first["first_seen"] >= time.time() - 60
+
+
+def test_replay_skips_entries_whose_event_was_delivered(store):
+    one, two = (add_dead_letter(store, dead_letter_entry(i)) for i in (1, 2))
+    store_outcomes(store, [Finish("x:1", one, "delivered", dedupe_member(one))])
+    missing = "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d10"
+    report = dlq.replay(store, [one, two, missing])
+    assert (report.skipped, report.replayed, report.missing) == ([one], [two], [missing])
+    assert store.queue_depth() == 1 and store.dlq_depth() == 0
+
+
+def test_dlq_delete_and_expire_keep_the_indexes_in_step(store):
+    ids = [add_dead_letter(store, dead_letter_entry(i, reason=r))
+           for i, r in enumerate(["rejected", "expired", "rejected"])]
+    assert dlq.purge(store, [ids[0]]) == 1
+    assert store.dlq_ids() == ids[1:]
+    assert store.dlq_depth_by_reason() == {"expired": 1, "rejected": 1}
+    old = dead_letter_entry(9, dead_at=time.time() - 10 * 86400)
+    store.dlq_put([old])
+    assert store.dlq_expire(time.time(), ttl=86400) == 1  # via "dlq_expire"
+    assert store.dlq_get([old["id"]]) == [None]
+    assert dlq.purge(store) == 2  # via "dlq_delete"
+    assert store.dlq_depth() == 0 and store.client.zcard(store.dlq_index_key) == 0
+    assert store.dlq_depth_by_reason() == {}
+
+
+def test_dlq_import_replaces_an_entry_and_its_reason_atomically(store):
+    entry = dead_letter_entry(1, reason="exhausted")
+    add_dead_letter(store, entry)
+    store.dlq_put([{**entry, "reason": "rejected", "attempts": 7}])  # via "dlq_import"
+    assert store.dlq_get([entry["id"]])[0]["attempts"] == 7
+    assert store.dlq_depth_by_reason() == {"rejected": 1}
+
+
+def test_is_delivered_looks_through_the_whole_window(store):
+    event_id = "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d14"
+    assert not store.is_delivered(event_id)  # via "is_delivered"
+    # Delivered 23 hours ago: still in the 24 h window.
+    hour = int(time.time() // 3600) - 23
+    store.client.sadd(f"{store.namespace}:delivered:{hour}", dedupe_member(event_id))
+    assert store.is_delivered(event_id)
+
+
+def test_spool_push_pushes_a_batch_once(store):
+    push = script("spool_push")
+    marker = f"{store.namespace}:spooled:tok"
+    assert push(store.client, queue=store.queue_key, marker=marker, marker_ttl=60,
+                rest=[item(1), item(2)]) == 2
+    assert push(store.client, queue=store.queue_key, marker=marker, marker_ttl=60,
+                rest=[item(1), item(2)]) == -1
+    assert store.queue_depth() == 2
+
+
+# --- upgrade (workers/upgrade.py) ---------------------------------------------------------
+def test_upgrade_moves_what_0_1_held_once_it_is_free(store):
+    from tests.legacy_format import legacy_message
+    from workers.upgrade import drain_legacy
+
+    ns, client = store.namespace, store.client
+    client.lpush(f"{ns}:deliver", legacy_message([json.loads(item(1))]))
+    now = time.time()
+    for tag, age in (("old", 600), ("young", 10)):
+        record = json.dumps([json.loads(legacy_message([json.loads(item(2))])), "", "deliver"])
+        client.hset(f"{ns}:unacked", tag, record)
+        client.zadd(f"{ns}:unacked_index", {tag: now - age})
+    client.lpush(f"{ns}:fetching:h:1:a", legacy_message([json.loads(item(3))]))
+    client.zadd(f"{ns}:fetchers", {f"{ns}:fetching:h:1:a": now - 600})
+    client.hset(f"{ns}:taken:b1", "1", legacy_message([json.loads(item(4))]))
+    client.zadd(f"{ns}:taken", {"b1": now - 1})
+    assert drain_legacy(client, ns) == 4  # via "upgrade"
+    assert store.queue_depth() == 4
+    # A young unacked message may still be in a live 0.1 worker's hands: left alone.
+    assert client.hkeys(f"{ns}:unacked") == [b"young"]
+    assert drain_legacy(client, ns) == 0
+
+
+def test_every_script_has_a_direct_test():
+    """Runs last in this module: every .lua file was run by one of the tests above."""
+    assert set(_all_scripts()) - RAN == set()

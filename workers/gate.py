@@ -1,0 +1,91 @@
+"""The gate every POST to Distinct passes, shared by all workers through Redis.
+
+One Lua call (``admit.lua``) answers, for each event of a chunk about to be sent:
+
+- ``delivered``: the id is in the dedupe window; do not send it again.
+- ``busy``: another worker holds the event's claim.
+- ``open``: the circuit breaker is open; park the event for ``wait`` seconds
+  without burning an attempt.
+- ``wait``: the global rate limit has no slot within the next second.
+- ``claimed``: send it, after sleeping ``wait`` seconds (a reserved rate
+  slot); ``probe`` says this request is the half-open breaker's probe.
+
+The breaker is fed by each outcome (finish.lua, workers/outcomes.py) in the
+same atomic step that stores it. Every time comparison inside the scripts
+uses Redis's own clock, so workers on hosts with skewed clocks agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis
+
+from forwarder import constants as C
+from forwarder.scripts import script
+from forwarder.store import dedupe_member, text
+
+AdmitState = Literal["delivered", "busy", "open", "wait", "claimed"]
+
+_ADMIT = script("admit", "workers")
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When the shared circuit breaker opens and how long it stays open."""
+
+    consecutive: int = C.DEFAULT_BREAKER_CONSECUTIVE
+    min_requests: int = C.DEFAULT_BREAKER_MIN_REQUESTS
+    ratio: float = C.DEFAULT_BREAKER_RATIO
+    window: float = C.DEFAULT_BREAKER_WINDOW
+    cooldown_min: float = C.DEFAULT_BREAKER_COOLDOWN_MIN
+    cooldown_max: float = C.DEFAULT_BREAKER_COOLDOWN_MAX
+
+    def as_args(self) -> dict[str, Any]:
+        """The policy as finish.lua's ARGV names it."""
+        return {"consecutive": self.consecutive, "min_requests": self.min_requests,
+                "ratio": self.ratio, "window": self.window,
+                "cooldown_min": self.cooldown_min, "cooldown_max": self.cooldown_max}
+
+
+@dataclass(frozen=True)
+class Admission:
+    state: AdmitState
+    #: claimed: seconds until its rate slot; open/wait: seconds to park it.
+    wait: float = 0.0
+    probe: bool = False
+
+
+class Gate:
+    """Dedupe, claims, circuit breaker and rate limit for one namespace."""
+
+    def __init__(self, client: redis.Redis, namespace: str, rate_limit: float | None = None,
+                 dedupe_ttl: float = C.DEFAULT_DEDUPE_TTL):
+        self.client = client
+        self.dedupe_ttl = dedupe_ttl
+        self.rate_limit = rate_limit or 0.0
+        k = lambda name: C.key(namespace, name)  # noqa: E731
+        self.keys = {"delivered_prefix": k(C.DELIVERED_PREFIX),
+                     "inflight_prefix": k(C.INFLIGHT_PREFIX), "breaker": k(C.BREAKER),
+                     "probe": k(C.BREAKER_PROBE), "rate": k(C.RATE)}
+
+    def admit_many(self, event_ids: list[str], token: str,
+                   claim_ttl: float) -> list[Admission]:
+        """One Lua call deciding, in order, what may be sent of ``event_ids``."""
+        pairs: list[Any] = []
+        for event_id in event_ids:
+            pairs += [event_id, dedupe_member(event_id)]
+        replies = _ADMIT(self.client, **self.keys, token=token,
+                         claim_ms=max(1, int(claim_ttl * 1000)), rate_per_s=self.rate_limit,
+                         max_wait=C.RATE_MAX_WAIT, dedupe_ttl=self.dedupe_ttl, rest=pairs)
+        return [_admission(reply) for reply in replies]
+
+
+def _admission(reply: list[Any]) -> Admission:
+    state = text(reply[0])
+    if state in ("open", "wait"):
+        return Admission(state, wait=float(text(reply[1])))  # type: ignore[arg-type]
+    if state == "claimed":
+        return Admission("claimed", wait=float(text(reply[1])), probe=bool(int(reply[2])))
+    return Admission(state)  # type: ignore[arg-type]

@@ -1,0 +1,62 @@
+-- The shared circuit breaker's update after one answer from Distinct (or a
+-- failure to get one), run inside finish.lua so an outcome and its effect on
+-- the breaker are one atomic step.
+--
+-- breaker_record(breaker, probe, window_prefix, t, signal, token, policy, reason)
+--   breaker        hash: state, reason, opened_at, open_until, cooldown, consecutive...
+--   probe          string: the token of the one request allowed while half-open
+--   window_prefix  hashes of ok/fail counts, one per tenth of the window
+--   signal         'ok' (Distinct answered), 'fail' (transient), 'auth' (deployment)
+--   policy         {consecutive, min_requests, ratio, window, cooldown_min, cooldown_max}
+-- Returns 'opened', 'reopened', 'closed' or ''.
+local function breaker_record(breaker, probe, window_prefix, t, signal, token, policy, reason)
+  local consecutive_limit, min_requests = tonumber(policy[1]), tonumber(policy[2])
+  local ratio, window = tonumber(policy[3]), tonumber(policy[4])
+  local cooldown_min, cooldown_max = tonumber(policy[5]), tonumber(policy[6])
+  local bucket = math.floor(t / (window / 10))
+  local counts = window_prefix .. bucket
+  local state = redis.call('HGET', breaker, 'state') or 'closed'
+  local is_probe = token ~= '' and redis.call('GET', probe) == token
+  if signal == 'ok' then
+    redis.call('HINCRBY', counts, 'ok', 1)
+    redis.call('EXPIRE', counts, math.ceil(window * 2))
+    redis.call('HSET', breaker, 'consecutive', 0)
+    if state == 'open' then
+      redis.call('HSET', breaker, 'state', 'closed', 'closed_at', tostring(t), 'cooldown', 0,
+                 'reason', '')
+      redis.call('DEL', probe)
+      return 'closed'
+    end
+    return ''
+  end
+  redis.call('HINCRBY', counts, 'fail', 1)
+  redis.call('EXPIRE', counts, math.ceil(window * 2))
+  local consecutive = redis.call('HINCRBY', breaker, 'consecutive', 1)
+  if state == 'open' then
+    if not is_probe then return '' end  -- a request sent before the breaker opened
+    local cooldown = tonumber(redis.call('HGET', breaker, 'cooldown') or '0') * 2
+    if cooldown < cooldown_min then cooldown = cooldown_min end
+    if cooldown > cooldown_max then cooldown = cooldown_max end
+    redis.call('HSET', breaker, 'cooldown', tostring(cooldown),
+               'open_until', tostring(t + cooldown), 'reason', reason)
+    redis.call('DEL', probe)
+    return 'reopened'
+  end
+  local trip = signal == 'auth' or consecutive >= consecutive_limit
+  if not trip then
+    local ok, fail = 0, 0
+    for b = bucket - 9, bucket do
+      local pair = redis.call('HMGET', window_prefix .. b, 'ok', 'fail')
+      ok = ok + tonumber(pair[1] or '0')
+      fail = fail + tonumber(pair[2] or '0')
+    end
+    trip = ok + fail >= min_requests and fail / (ok + fail) >= ratio
+  end
+  if trip then
+    redis.call('HSET', breaker, 'state', 'open', 'reason', reason, 'opened_at', tostring(t),
+               'cooldown', tostring(cooldown_min), 'open_until', tostring(t + cooldown_min))
+    redis.call('HINCRBY', breaker, 'opened_count', 1)
+    return 'opened'
+  end
+  return ''
+end

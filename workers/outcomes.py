@@ -1,0 +1,160 @@
+"""Storing what became of each held event: one Lua call (finish.lua) per chunk.
+
+Each outcome takes its event out of the worker's held batch in the same atomic
+step that stores it (dedupe entry, retry set, DLQ entry), counts it and feeds
+the circuit breaker, so there is no moment at which an event is neither held
+nor stored. The delivery loop (workers/tasks.py) stores each POST's outcome
+before that thread's next POST: a worker killed at any point leaves at most
+one POST per thread to be sent twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis
+
+from forwarder import constants as C
+from forwarder.constants import DLQ_DETAIL_BYTES
+from forwarder.messages import KINDS, Event, is_event_id
+from forwarder.scripts import script
+from forwarder.store import text
+from workers.delivery import Outcome
+from workers.gate import BreakerPolicy
+
+_FINISH = script("finish", "workers")
+log = logging.getLogger("distinct_forwarder.delivery")
+
+#: delivered: a dedupe entry. retried, deferred: back in the retry set after
+#: ``delay``. dead_lettered: a DLQ entry. skipped: delivered before (dedupe
+#: window), nothing to store. released: the claim only; the event stays held
+#: (unsent, to be tried again by this task or handed back).
+FinishOutcome = Literal["delivered", "retried", "deferred", "dead_lettered", "skipped",
+                        "released"]
+
+
+@dataclass(frozen=True)
+class Finish:
+    """One held event's outcome, as finish.lua takes it."""
+
+    field: str
+    event_id: str
+    outcome: FinishOutcome
+    #: delivered: the dedupe member; retried/deferred: the event; dead_lettered: the entry.
+    payload: str | bytes = ""
+    #: retried/deferred: delay in seconds (Redis clock); dead_lettered: dead_at.
+    score: float = 0.0
+    dlq_reason: str = ""
+    #: What the outcome tells the breaker ('ok', 'fail', 'auth'); '' if nothing was sent.
+    signal: str = ""
+    breaker_reason: str = ""
+
+
+class Outcomes:
+    """finish.lua for one namespace and worker."""
+
+    def __init__(self, client: redis.Redis, namespace: str, held_key: str,
+                 policy: BreakerPolicy, dedupe_ttl: float = C.DEFAULT_DEDUPE_TTL):
+        k = lambda name: C.key(namespace, name)  # noqa: E731
+        self.client = client
+        self.keys = {
+            "held": held_key, "inflight_prefix": k(C.INFLIGHT_PREFIX),
+            "stats_prefix": k(C.STATS_PREFIX), "delivered_prefix": k(C.DELIVERED_PREFIX),
+            "retry": k(C.RETRY_SET), "dlq": k(C.DLQ_ENTRIES), "dlq_index": k(C.DLQ_INDEX),
+            "dlq_reason_prefix": k(C.DLQ_REASON_PREFIX), "breaker": k(C.BREAKER),
+            "probe": k(C.BREAKER_PROBE), "window_prefix": k(C.BREAKER_WINDOW_PREFIX),
+        }
+        self.args = {"dedupe_ttl": dedupe_ttl, **policy.as_args()}
+
+    def store(self, token: str | None, items: list[Finish]) -> list[str]:
+        """Store outcomes atomically, in order; returns the breaker's changes."""
+        if not items:
+            return []
+        flat: list[Any] = []
+        for f in items:
+            flat += [f.field, f.event_id, f.outcome, f.payload, repr(f.score), f.dlq_reason,
+                     f.signal, f.breaker_reason]
+        changes = _FINISH(self.client, **self.keys, **self.args, token=token or "", rest=flat)
+        return [text(c) for c in changes]
+
+
+def dead_letter_entry(event: Event, outcome: Outcome | None, reason: str, now: float,
+                      detail: str | None = None) -> dict[str, Any]:
+    """A DLQ entry: everything needed to judge and replay, never the API key."""
+    return {
+        "id": event["id"],
+        "kind": event["kind"],
+        "experience": event.get("experience"),
+        "body": event["body"],
+        "attempts": event["attempts"],
+        "first_seen": event["first_seen"],
+        "last_attempt": now if outcome is not None else None,
+        "last_status": outcome.status if outcome is not None else None,
+        "last_error": (detail if detail is not None else
+                       outcome.detail if outcome is not None else "")[:DLQ_DETAIL_BYTES],
+        "reason": reason,
+        "dead_at": now,
+    }
+
+
+def dead_letter(field: str, entry: dict[str, Any], signal: str = "",
+                breaker_reason: str = "") -> Finish:
+    """The Finish that stores ``entry`` in the dead-letter queue."""
+    return Finish(field, entry["id"], "dead_lettered", json.dumps(entry, separators=(",", ":")),
+                  float(entry["dead_at"]), entry["reason"], signal, breaker_reason)
+
+
+def readable_parts(raw: bytes) -> dict[str, Any]:
+    """The parts of a malformed item that are of the right type, to keep in its entry."""
+    try:
+        item = json.loads(raw)
+    except Exception:  # not JSON, too deep, anything: nothing is readable
+        return {}
+    if not isinstance(item, dict):
+        return {}
+    parts: dict[str, Any] = {}
+    if is_event_id(item.get("id")):
+        parts["id"] = item["id"]
+    if item.get("kind") in KINDS:
+        parts["kind"] = item["kind"]
+    if isinstance(item.get("experience"), str) and len(item["experience"]) <= 128:
+        parts["experience"] = item["experience"]
+    if isinstance(item.get("body"), dict):
+        parts["body"] = item["body"]
+    return parts
+
+
+def log_delivered(delivered: list[tuple[Event, Outcome]]) -> None:
+    """One line for the events of a chunk that Distinct took, naming each id."""
+    if not delivered:
+        return
+    if len(delivered) == 1:
+        event, outcome = delivered[0]
+        log.info("delivered id=%s kind=%s status=%s attempts=%d ms=%.0f", event["id"],
+                 event["body"].get("type") or event["kind"], outcome.status,
+                 event["attempts"] + 1, outcome.elapsed * 1000)
+        return
+    ids = [event["id"] for event, _ in delivered]
+    slowest = max(outcome.elapsed for _, outcome in delivered) * 1000
+    log.info("delivered %d events (slowest %.0f ms): id=%s", len(ids), slowest, ",".join(ids),
+             extra={"fields": {"ids": ids}})
+
+
+def breaker_signal(outcome: Outcome) -> tuple[str, str]:
+    """What an outcome tells the circuit breaker about Distinct's health."""
+    if outcome.verdict in ("delivered", "rejected"):
+        return "ok", ""
+    if outcome.verdict == "deployment":
+        return "auth", "auth" if outcome.status in (401, 403) else "deployment"
+    return "fail", "transient"
+
+
+def hint(outcome: Outcome) -> str:
+    if outcome.status in (401, 403):
+        return "Distinct refused the API key (check DISTINCT_API_KEY)"
+    if outcome.verdict == "deployment":
+        return "deployment problem (check DISTINCT_API_URL and TLS)"
+    return "transient"
