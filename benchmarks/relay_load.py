@@ -134,15 +134,15 @@ def run_wrk(port: int, seconds: int, connections: int) -> str:
     return done.stdout + done.stderr
 
 
-def start_relay(redis_url: str, namespace: str, port: int, workers: int, threads: int,
-                log: Path) -> subprocess.Popen[bytes]:
+def start_relay(redis_url: str, namespace: str, port: int, workers: int, log: Path
+                ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORWARDER_")}
     env.update(REDIS_URL=redis_url, FORWARDER_NAMESPACE=namespace,
                FORWARDER_RELAY_KEYS=KEY, FORWARDER_SPOOL_PATH="off")
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "forwarder", "relay", "--bind", f"127.0.0.1:{port}",
-             "--workers", str(workers), "--threads", str(threads)],
+             "--workers", str(workers)],
             env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -164,7 +164,6 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--requests", type=int, default=2500, help="POSTs per client")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=4, help="threads per worker")
     parser.add_argument("--baseline", type=int, default=5000, help="direct capture() calls")
     parser.add_argument("--wrk", action="store_true", help="also measure with wrk")
     parser.add_argument("--wrk-seconds", type=int, default=10)
@@ -180,11 +179,11 @@ def main() -> None:
     settings = Settings(redis_url=redis_url, namespace=namespace, experience="fifa-cwc-2025")
     log = Path(tempfile.mkdtemp()) / "relay.log"
     port = free_port()
-    relay = start_relay(redis_url, namespace, port, args.workers, args.threads, log)
+    relay = start_relay(redis_url, namespace, port, args.workers, log)
     try:
         print(f"machine: {machine()}")
         print(f"date:    {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
-        print(f"relay:   gunicorn, {args.workers} workers x {args.threads} threads (gthread), "
+        print(f"relay:   gunicorn, {args.workers} gevent workers, "
               f"Redis {redis_url.split('@')[-1]}")
         rate = baseline(settings, args.baseline)
         print(f"baseline: capture() in one process: {rate:,.0f} events/s "
@@ -200,7 +199,7 @@ def main() -> None:
             else:
                 print("wrk: not installed (apt-get install wrk)")
         queued = Store(connect(redis_url), namespace).queue_depth()
-        print(f"queued in Redis: {queued} messages")
+        print(f"queued in Redis: {queued} events")
         if result["statuses"] != {200: result["requests"]}:
             raise SystemExit("some requests were not answered 200")
     finally:

@@ -12,10 +12,11 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from forwarder import constants as C
 from forwarder.errors import ConfigError
+from forwarder.masking import QUERY_PASSWORD_RE, fingerprint, mask_secret, mask_url
 
 #: An experience slug: one URL path segment, never "." or "..".
 SLUG_CHARS = "A-Za-z0-9._-"
@@ -23,7 +24,6 @@ SLUG_MAX = 128
 SLUG_RE = re.compile(rf"^[{SLUG_CHARS}]{{1,{SLUG_MAX}}}\Z")
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_QUERY_PASSWORD_RE = re.compile(r"((?:^|[?&])password=)[^&#]*")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
@@ -40,31 +40,24 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    # redis-py also takes the password as a query parameter.
-    url = _QUERY_PASSWORD_RE.sub(r"\1***", url)
-    parts = parts._replace(query=_QUERY_PASSWORD_RE.sub(r"\1***", parts.query))
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    # Everything after the '@' as written: also right for a sentinel:// list
-    # of hosts, where ``parts.port`` cannot be parsed.
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+_SECRET_CHARS = re.compile(r"^[\x21-\x7e]+\Z")
 
 
-def mask_secret(value: str | None) -> str:
-    """Enough of a secret to tell two apart, never enough to use one."""
-    if not value:
-        return "(unset)"
-    if len(value) <= 8:
-        return "***"
-    return f"{value[:2]}***{value[-2:]}"
+def _secret(var: str) -> Callable[[str], str]:
+    """A key from the environment: surrounding whitespace dropped (a file-mounted
+    secret ends with a newline), then printable ASCII only, as an HTTP header needs."""
+
+    def convert(raw: str) -> str:
+        value = raw.strip()
+        if not value:
+            raise ValueError("is blank")
+        if not _SECRET_CHARS.match(value):
+            # Never the value itself: this message is printed and logged.
+            raise ValueError("must be printable ASCII without spaces or control characters "
+                             "(what a header can carry)")
+        return value
+
+    return convert
 
 
 @dataclass(frozen=True)
@@ -139,6 +132,8 @@ class Settings:
     rate_limit: float | None = None
     dlq_ttl: float = C.DEFAULT_DLQ_TTL
     metrics_port: int | None = None
+    #: Where worker metrics listen: loopback unless an operator opens it up.
+    metrics_bind: str = "127.0.0.1"
     #: A worker silent this long is declared dead and what it held is requeued.
     worker_timeout: float = C.WORKER_DEAD_AFTER_SECONDS
     #: HTTP relay: the x-distinct-api-key values it accepts (several, for rotation).
@@ -160,7 +155,7 @@ class Settings:
             except ValueError as exc:
                 problems.append(f"{var}: {exc}")
 
-        take("DISTINCT_API_KEY", "api_key", str)
+        take("DISTINCT_API_KEY", "api_key", _secret("DISTINCT_API_KEY"))
         take("DISTINCT_API_URL", "api_url", str)
         take("DISTINCT_EXPERIENCE", "experience", str)
         take("REDIS_URL", "redis_url", str)
@@ -188,6 +183,7 @@ class Settings:
         take("FORWARDER_RATE_LIMIT", "rate_limit", _parse_float)
         take("FORWARDER_DLQ_TTL", "dlq_ttl", parse_duration)
         take("FORWARDER_METRICS_PORT", "metrics_port", _parse_int)
+        take("FORWARDER_METRICS_BIND", "metrics_bind", str)
         take("FORWARDER_WORKER_TIMEOUT", "worker_timeout", parse_duration)
         take("FORWARDER_RELAY_KEYS", "relay_keys", _parse_keys)
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -205,11 +201,21 @@ class Settings:
     def validate(self) -> None:
         """Raise ConfigError listing every rule this configuration breaks."""
         problems: list[str] = []
-        url = urlsplit(self.api_url)
-        if url.scheme not in {"http", "https"} or not url.hostname:
-            problems.append(
-                f"DISTINCT_API_URL: {self.api_url!r} must be an http(s) URL with a host"
-            )
+        try:
+            url = urlsplit(self.api_url)
+            url_problem = url.scheme not in {"http", "https"} or not url.hostname
+            url.port  # noqa: B018  (a port that is not a number raises here)
+        except ValueError:
+            url, url_problem = None, True
+        if url_problem:
+            problems.append(f"DISTINCT_API_URL: {mask_url(self.api_url)!r} must be an "
+                            "http(s) URL with a host")
+        elif url is not None and (url.username is not None or url.password is not None):
+            problems.append(f"DISTINCT_API_URL: {mask_url(self.api_url)!r} must not carry "
+                            "user:password@; the key goes in DISTINCT_API_KEY")
+        if self.api_key is not None and not _SECRET_CHARS.match(self.api_key):
+            problems.append("DISTINCT_API_KEY: must be printable ASCII without spaces or "
+                            "control characters (what a header can carry)")
         if urlsplit(self.redis_url).scheme not in {"redis", "rediss", "unix", "sentinel"}:
             problems.append(
                 f"REDIS_URL: {mask_url(self.redis_url)!r} must start with redis://, "
@@ -287,6 +293,8 @@ class Settings:
             problems.append("FORWARDER_WORKER_TIMEOUT: must be between 1 s and 1 h")
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             problems.append("FORWARDER_METRICS_PORT: must be a TCP port (1-65535)")
+        if not re.fullmatch(r"[0-9A-Za-z.:-]{1,255}", self.metrics_bind):
+            problems.append("FORWARDER_METRICS_BIND: must be an IP address or host name")
         return problems
 
     def require_delivery(self) -> None:
@@ -304,9 +312,23 @@ class Settings:
         """The effective configuration, safe to print or log."""
         shown = asdict(self)
         shown["api_key"] = mask_secret(self.api_key)
+        shown["api_url"] = mask_url(self.api_url)
         shown["redis_url"] = mask_url(self.redis_url)
-        shown["relay_keys"] = [mask_secret(k) for k in self.relay_keys]
+        shown["relay_keys"] = [f"{name}={fingerprint(key)}" for name, key in
+                               relay_key_names(self.relay_keys)]
         return shown
+
+    def secrets(self) -> list[str]:
+        """Every secret of this configuration, for the logs' last line of defence."""
+        found = [s for s in (self.api_key, *self.relay_keys) if s]
+        for url in (self.redis_url, self.api_url):
+            try:
+                parts = urlsplit(url)
+                found += [p for p in (parts.password,) if p]
+            except ValueError:
+                continue
+            found += [m.group(2) for m in QUERY_PASSWORD_RE.finditer(url) if m.group(2)]
+        return sorted(set(found), key=len, reverse=True)
 
     def __repr__(self) -> str:
         # Never let a traceback or a debug log print the key or the password.
@@ -315,17 +337,38 @@ class Settings:
 
 
 def _parse_keys(text: str) -> tuple[str, ...]:
-    """Comma-separated keys; blanks around commas are not part of a key."""
+    """Comma-separated keys (``name:key`` or ``key``); blanks around commas are dropped."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+_CLIENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
+
+
+def relay_key_names(keys: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(client name, key) for each relay key: ``name:key``, or the key's fingerprint
+    as its name when none is given. The name scopes a client's idempotency keys."""
+    named = []
+    for entry in keys:
+        name, colon, key = entry.partition(":")
+        if colon and _CLIENT_NAME.match(name):
+            named.append((name, key))
+        else:
+            named.append((fingerprint(entry), entry))
+    return named
+
+
 def _relay_key_problems(keys: tuple[str, ...]) -> list[str]:
-    # Never name the key itself: the problem list is printed and logged.
-    short = [i for i, k in enumerate(keys, 1) if len(k) < C.RELAY_KEY_MIN_LENGTH]
-    return [
-        f"FORWARDER_RELAY_KEYS: key #{i} is shorter than {C.RELAY_KEY_MIN_LENGTH} characters"
-        for i in short
-    ]
+    # Never name the key itself: the problem list is printed and logged. Two
+    # keys may share a client name: that is how a key is rotated.
+    problems = []
+    for i, (_, key) in enumerate(relay_key_names(keys), 1):
+        if len(key) < C.RELAY_KEY_MIN_LENGTH:
+            problems.append(f"FORWARDER_RELAY_KEYS: key #{i} is shorter than "
+                            f"{C.RELAY_KEY_MIN_LENGTH} characters")
+        if not _SECRET_CHARS.match(key):
+            problems.append(f"FORWARDER_RELAY_KEYS: key #{i} must be printable ASCII without "
+                            "spaces or control characters")
+    return problems
 
 
 def _parse_float(text: str) -> float:

@@ -109,9 +109,12 @@ DEFAULT_SHUTDOWN_TIMEOUT = 15.0
 #: keeps this many POSTs in flight (96 x 20/s = 1,920 events/s at 50 ms per
 #: POST, past the ~1,400/s one process's CPU allows).
 DEFAULT_CONCURRENCY = 96
-#: Events one worker takes off the queue at a time (one batch, one Celery
-#: task); also one admission call. The breaker still sees every failure at
-#: once, as a chunk stops at its first failure.
+#: Events one worker takes off the queue at once from a deep queue: one
+#: batch, one Celery task (a shallow queue is shared out in smaller batches
+#: over the idle threads, workers/dispatcher.py).
+BATCH_EVENTS = 64
+#: Events admitted in one Lua call (a chunk of a batch). The breaker still sees
+#: every failure at once, as a chunk stops at its first failure.
 CHUNK_EVENTS = 32
 #: A task hands back what it has not sent after this long, so a stopping
 #: worker or a slow Distinct never keeps one thread busy for minutes.
@@ -166,8 +169,13 @@ DEFAULT_DLQ_TTL = 30 * 86400.0
 RELAY_MAX_BODY = 64 * 1024
 #: HTTP relay: loopback by default, so exposing it is a deliberate choice.
 DEFAULT_RELAY_BIND = "127.0.0.1:8080"
-#: HTTP relay: gunicorn processes, and threads in each (requests wait on Redis, not CPU).
+#: HTTP relay: gunicorn processes, and open connections each serves at most
+#: (gevent: a connection costs a greenlet, not a thread, so idle and slow
+#: clients cannot starve the others).
 DEFAULT_RELAY_WORKERS = 2
-DEFAULT_RELAY_THREADS = 4
+DEFAULT_RELAY_CONNECTIONS = 1000
+#: HTTP relay: a client has this long to send each request's line and headers
+#: (and an idle keep-alive connection is closed after it).
+RELAY_HEADER_TIMEOUT = 5
 #: HTTP relay: a key shorter than this is refused, as guessable.
 RELAY_KEY_MIN_LENGTH = 16

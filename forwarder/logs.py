@@ -1,39 +1,44 @@
-"""Logging helpers: emails masked, secrets never printed, optional JSON lines."""
+"""Logging: emails masked, secrets never printed, optional JSON lines.
+
+Masking happens on the way out of every handler, on the whole formatted
+record: the message, a logged exception's traceback and, in JSON logs, every
+string of the ``fields``. Secrets the process knows (the API key, the relay
+keys, passwords in URLs) are replaced by their fingerprints as a last line of
+defence; nothing should carry them to a log line in the first place.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
+from collections.abc import Iterable
+from typing import Any
 
-_EMAIL_RE = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+from forwarder.masking import mask_email, scrub
+
+__all__ = ["JsonFormatter", "MaskingFormatter", "install", "mask_email"]
 
 
-def mask_email(text: str) -> str:
-    """``john.doe@example.com`` -> ``j***@example.com``, anywhere in ``text``."""
-    return _EMAIL_RE.sub(r"\1***@\2", text)
-
-
-class MaskingFilter(logging.Filter):
-    """Masks emails in every record that passes through a handler."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken format string is logged as it is
-            return True
-        masked = mask_email(message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        return True
+def _mask(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return scrub(mask_email(value), secrets)
+    if isinstance(value, list):
+        return [_mask(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: _mask(v, secrets) for k, v in value.items()}
+    return value
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers."""
+    """One JSON object per line, for log shippers; every string masked."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        super().__init__()
+        self.secrets = tuple(secrets)
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {
+        line: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
@@ -43,16 +48,33 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return json.dumps(_mask(line, self.secrets), default=str)
 
 
-def install(log_format: str = "text", level: int = logging.INFO) -> None:
-    """Mask emails on every handler of the root logger; JSON lines if asked."""
+class MaskingFormatter(logging.Formatter):
+    """Wraps a handler's formatter: its whole output (traceback included) masked."""
+
+    def __init__(self, inner: logging.Formatter | None, secrets: Iterable[str] = ()):
+        super().__init__()
+        self.inner = inner or logging.Formatter(logging.BASIC_FORMAT)
+        self.secrets = tuple(secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return str(_mask(self.inner.format(record), self.secrets))
+
+
+def install(log_format: str = "text", level: int = logging.INFO,
+            secrets: Iterable[str] = ()) -> None:
+    """Mask every handler of the root logger; JSON lines if asked."""
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level)
+    known = tuple(secrets)
     for handler in root.handlers:
-        if not any(isinstance(f, MaskingFilter) for f in handler.filters):
-            handler.addFilter(MaskingFilter())
+        current = handler.formatter
         if log_format == "json":
-            handler.setFormatter(JsonFormatter())
+            handler.setFormatter(JsonFormatter(known))
+        elif isinstance(current, MaskingFormatter):
+            current.secrets = tuple(sorted({*current.secrets, *known}, key=len, reverse=True))
+        else:
+            handler.setFormatter(MaskingFormatter(current, known))

@@ -20,7 +20,7 @@ from forwarder.config import Settings, is_valid_slug
 from forwarder.enqueue import SpoolingEnqueuer
 from forwarder.errors import ConfigError, InvalidEvent
 from forwarder.fastpath import fast_body
-from forwarder.messages import Event, Kind, encode_event, event_id_for, random_uuid
+from forwarder.messages import Kind, encode_new_events, event_id_for, random_uuid
 from forwarder.spool import Spool
 from forwarder.store import Store, connect
 from forwarder.validation import validate_event
@@ -114,14 +114,6 @@ class Forwarder:
             return None
         return experience if experience is not None else self.settings.experience
 
-    @staticmethod
-    def _event(
-        kind: Kind, body: dict[str, Any], experience: str | None, key: str | None, now: float
-    ) -> Event:
-        # A dict literal: this runs for every event, capture_many()'s included.
-        return {"id": random_uuid() if key is None else event_id_for(key), "kind": kind,
-                "experience": experience, "body": body, "attempts": 0, "first_seen": now}
-
     def _send_one(
         self, kind: Kind, data: Any, experience: str | None, key: str | None
     ) -> str:
@@ -129,16 +121,15 @@ class Forwarder:
         body, errors = validate_event(kind, data, experience)
         if errors:
             raise InvalidEvent(errors)
-        event = self._event(kind, body, experience, key, time.time())
-        self._push([encode_event(event)])
-        return event["id"]
+        event_id = random_uuid() if key is None else event_id_for(key)
+        self._push(encode_new_events(kind, experience, [event_id], [body], time.time()))
+        return event_id
 
     def _send_many(
         self, kind: Kind, items: list[Any], experience: str | None, keys: list[str | None]
     ) -> list[str]:
         experience = self._experience_for(kind, experience)
-        now = time.time()
-        events: list[Event] = []
+        bodies: list[dict[str, Any]] = []
         errors: dict[str, list[str]] = {}
         # The common case (every event valid, a valid slug) in a tight loop;
         # anything else goes through validate_event for its field errors.
@@ -148,12 +139,12 @@ class Forwarder:
             if body is None:
                 body, item_errors = validate_event(kind, data, experience, prefix=str(index))
                 errors.update(item_errors)
-            if not errors:
-                events.append(self._event(kind, body, experience, keys[index], now))
+            bodies.append(body)
         if errors:
             raise InvalidEvent(errors)
-        self._push([encode_event(e) for e in events])
-        return [e["id"] for e in events]
+        ids = [random_uuid() if key is None else event_id_for(key) for key in keys]
+        self._push(encode_new_events(kind, experience, ids, bodies, time.time()))
+        return ids
 
     def _push(self, items: list[str]) -> None:
         # One LPUSH; on failure (and for a short back-off after one) the spool.

@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -53,20 +54,25 @@ class RedisServer:
     """A throwaway redis-server on a free loopback port, in its own directory."""
 
     def __init__(self, binary: str | None = None, port: int | None = None,
-                 extra_args: list[str] | None = None, workdir: str | None = None):
+                 extra_args: list[str] | None = None, workdir: str | None = None,
+                 password: str | None = None):
         binary = binary or find_redis_server()
         if binary is None:
             raise RuntimeError(INSTALL_HINT)
         self.binary = binary
         self.port = port or free_port()
         self.extra_args = extra_args or ["--save", "", "--appendonly", "no"]
+        self.password = password
+        if password:
+            self.extra_args = [*self.extra_args, "--requirepass", password]
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="fwd-redis-")
         self.dir = workdir or self._tmp.name  # type: ignore[union-attr]
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",

@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from forwarder import constants as C
-from forwarder.config import Settings
+from forwarder.config import Settings, relay_key_names
 from forwarder.errors import ConfigError, ForwarderError, InvalidEvent
 from forwarder.producer import Forwarder
 from forwarder.rawjson import StrictJSONError, loads_strict
@@ -61,7 +61,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"
 
 # --- authentication ------------------------------------------------------------
 class KeyRing:
-    """The accepted API keys, compared in constant time.
+    """The accepted API keys, compared in constant time, each with its client's name.
 
     Both sides are hashed first so that ``compare_digest`` always sees equal
     lengths, and every key is compared (no early exit), so neither the time
@@ -69,16 +69,22 @@ class KeyRing:
     """
 
     def __init__(self, keys: Iterable[str]):
-        self._digests = [hashlib.sha256(k.encode("utf-8")).digest() for k in keys]
-        if not self._digests:
+        self._clients = [(hashlib.sha256(key.encode("utf-8")).digest(), name)
+                         for name, key in relay_key_names(tuple(keys))]
+        if not self._clients:
             raise ConfigError(["FORWARDER_RELAY_KEYS: set at least one key for the relay"])
 
-    def accepts(self, presented: bytes | None) -> bool:
+    def client(self, presented: bytes | None) -> str | None:
+        """The name of the client whose key was presented, or None."""
         given = hashlib.sha256(presented or b"").digest()
-        matched = False
-        for digest in self._digests:
-            matched |= hmac.compare_digest(given, digest)
-        return matched and presented is not None
+        found = None
+        for digest, name in self._clients:
+            if hmac.compare_digest(given, digest):
+                found = name
+        return found if presented is not None else None
+
+    def accepts(self, presented: bytes | None) -> bool:
+        return self.client(presented) is not None
 
 
 # --- body parsing ----------------------------------------------------------------
@@ -243,11 +249,16 @@ class Relay:
     def _accept(self, kind: str, environ: dict[str, Any],
                 experience: str | None) -> tuple[int, Headers, bytes]:
         presented = environ.get("HTTP_X_DISTINCT_API_KEY")
-        if not self.keys.accepts(presented.encode("latin-1") if presented else None):
+        client = self.keys.client(presented.encode("latin-1") if presented else None)
+        if client is None:
             raise Reply(401, "Missing or unknown x-distinct-api-key.")
         check_content_type(environ)
         event = parse_body(read_body(environ))
-        key = _idempotency_key(environ)
+        # Scoped by client: two clients that pick the same key value do not
+        # dedupe each other's events; a client keeps its scope across a key
+        # rotation when both keys carry its name (FORWARDER_RELAY_KEYS=name:key).
+        given = _idempotency_key(environ)
+        key = None if given is None else f"relay:{client}:{given}"
         try:
             if kind == "capture":
                 event_id = self.forwarder.capture(event, experience, key)
@@ -361,5 +372,5 @@ def create_app(settings: Settings | None = None) -> Relay:
     from forwarder import logs
 
     settings = settings or Settings.from_env()
-    logs.install(settings.log_format)
+    logs.install(settings.log_format, secrets=settings.secrets())
     return Relay(settings)

@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from forwarder import constants as C
 from forwarder.config import Settings
@@ -50,6 +50,7 @@ from forwarder.scripts import script
 from forwarder.store import Store
 
 log = logging.getLogger("distinct_forwarder.spool")
+T = TypeVar("T")
 
 #: A claim older than this is presumed dead (its producer crashed) and retaken.
 CLAIM_STALE_SECONDS = 30.0
@@ -105,6 +106,8 @@ class SpoolStatus:
     size_bytes: int
     max_bytes: int
     full_rejections: int
+    #: Spool files found corrupted and moved aside (their events need a person).
+    quarantined: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +116,25 @@ class SpoolStatus:
 def _is_full(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return code == 13 or "full" in str(exc).lower()  # 13: SQLITE_FULL
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    text = str(exc).lower()
+    # 11: SQLITE_CORRUPT, 26: SQLITE_NOTADB
+    return code in (11, 26) or "malformed" in text or "not a database" in text
+
+
+def _private_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parent with mode 0700 (mkdir's parents
+    would get the default 0755)."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
 
 
 class Spool:
@@ -137,7 +159,16 @@ class Spool:
         # A connection must not cross a fork: reopen in the child.
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_dirs(Path(self.path).parent)
+        # The file exists, 0600, before SQLite opens it: its -wal and -shm
+        # files take the same mode, so no byte of an event (emails) is ever
+        # readable by another user, not even for a moment. An older spool
+        # keeps working and is made private below.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.chmod(self.path + suffix, 0o600)
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -146,11 +177,46 @@ class Spool:
         page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         conn.execute(f"PRAGMA max_page_count={max(32, self.max_bytes // page_size)}")
         conn.execute(f"PRAGMA journal_size_limit={16 * 1024 * 1024}")
-        conn.executescript(_SCHEMA)
-        with contextlib.suppress(OSError):
-            os.chmod(self.path, 0o600)  # events hold emails
+        try:
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error:
+            conn.close()
+            raise
         self._conn, self._pid = conn, os.getpid()
         return conn
+
+    def _guarded(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``operation`` on the database; a corrupted file is moved aside once
+        and the operation runs again on a fresh spool."""
+        with self._lock:
+            try:
+                return operation(self._db())
+            except sqlite3.DatabaseError as exc:
+                if not _is_corrupt(exc):
+                    raise
+                self._quarantine(exc)
+                return operation(self._db())
+
+    def _quarantine(self, exc: sqlite3.Error) -> None:
+        """Move a corrupted spool (and its -wal, -shm) aside; a fresh one starts."""
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+        self._conn = None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = f"{self.path[:-3] if self.path.endswith('.db') else self.path}.corrupt-{stamp}.db"
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.path + suffix, aside + suffix)
+        log.error("the spool %s is corrupted (%s); moved it to %s and started a fresh one. "
+                  "Events in it could not be read: see `distinct-forwarder spool status`",
+                  self.path, exc, aside)
+
+    def quarantined(self) -> tuple[str, ...]:
+        """Corrupted spool files moved aside next to this one."""
+        base = Path(self.path)
+        stem = base.name[:-3] if base.name.endswith(".db") else base.name
+        return tuple(sorted(str(p) for p in base.parent.glob(f"{stem}.corrupt-*.db")))
 
     def exists(self) -> bool:
         return os.path.exists(self.path)
@@ -166,8 +232,8 @@ class Spool:
         """Store events durably (fsynced) or raise SpoolFull / sqlite3.Error."""
         created = time.time() if now is None else now
         rows = [(namespace, created, 1, item) for item in items]
-        with self._lock:
-            db = self._db()
+
+        def insert(db: sqlite3.Connection) -> None:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany("INSERT INTO spool (namespace, created, events, message) "
@@ -175,7 +241,8 @@ class Spool:
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if db.in_transaction:
-                    db.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 if not _is_full(exc):
                     raise
                 self._count_full(db)
@@ -184,6 +251,8 @@ class Spool:
                     f"(FORWARDER_SPOOL_MAX_MB={self.max_bytes / 1048576:g}) and Redis did "
                     "not take the event; it was not accepted"
                 ) from None
+
+        self._guarded(insert)
 
     def _count_full(self, db: sqlite3.Connection) -> None:
         # Best effort: an UPDATE of one existing row needs no new page.
@@ -196,8 +265,8 @@ class Spool:
               ) -> tuple[str, list[tuple[int, str]]]:
         """Claim the oldest batch: a stale claim (same token) first, else fresh rows."""
         now = time.time() if now is None else now
-        with self._lock:
-            db = self._db()
+
+        def take(db: sqlite3.Connection) -> tuple[str, list[Any]]:
             db.execute("BEGIN IMMEDIATE")
             try:
                 stale = db.execute(
@@ -218,43 +287,48 @@ class Spool:
                                   "ORDER BY seq", (token,)).fetchall()
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
                 raise
+            return token, rows
+
+        token, rows = self._guarded(take)
         return token, [(int(s), str(m)) for s, m in rows]
 
     def delete(self, token: str) -> None:
-        with self._lock:
-            self._db().execute("DELETE FROM spool WHERE claimed_by = ?", (token,))
+        self._guarded(lambda db: db.execute("DELETE FROM spool WHERE claimed_by = ?", (token,)))
 
     def expire_claim(self, token: str) -> None:
         """Make a batch's claim stale at once, keeping its token: the next drain
         retakes it, and its marker in Redis says whether it was pushed."""
-        with self._lock:
-            self._db().execute("UPDATE spool SET claimed_at = 0 WHERE claimed_by = ?",
-                               (token,))
+        self._guarded(lambda db: db.execute(
+            "UPDATE spool SET claimed_at = 0 WHERE claimed_by = ?", (token,)))
 
     def has_rows(self, namespace: str) -> bool:
         if not self.exists():
             return False
-        with self._lock:
-            row = self._db().execute("SELECT 1 FROM spool WHERE namespace = ? LIMIT 1",
-                                     (namespace,)).fetchone()
+        row = self._guarded(lambda db: db.execute(
+            "SELECT 1 FROM spool WHERE namespace = ? LIMIT 1", (namespace,)).fetchone())
         return row is not None
 
     def status(self, namespace: str) -> SpoolStatus:
         if not self.exists():
-            return SpoolStatus(self.path, 0, 0, 0, None, 0, self.max_bytes, 0)
-        with self._lock:
-            db = self._db()
+            return SpoolStatus(self.path, 0, 0, 0, None, 0, self.max_bytes, 0,
+                               self.quarantined())
+
+        def read(db: sqlite3.Connection) -> tuple[Any, ...]:
             count, events, claimed, oldest = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(events), 0), COUNT(claimed_by), MIN(created) "
                 "FROM spool WHERE namespace = ?", (namespace,)).fetchone()
             full = db.execute("SELECT value FROM meta WHERE key = 'full_rejections'").fetchone()
             pages = int(db.execute("PRAGMA page_count").fetchone()[0])
             page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+            return count, events, claimed, oldest, full, pages * page_size
+
+        count, events, claimed, oldest, full, size = self._guarded(read)
         return SpoolStatus(self.path, int(count), int(events), int(claimed),
-                           float(oldest) if oldest is not None else None,
-                           pages * page_size, self.max_bytes, int(full[0]) if full else 0)
+                           float(oldest) if oldest is not None else None, size,
+                           self.max_bytes, int(full[0]) if full else 0, self.quarantined())
 
 
 @dataclass

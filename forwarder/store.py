@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from forwarder import constants as C
-from forwarder.config import mask_url
+from forwarder.masking import mask_url
 from forwarder.scripts import script
 
 ReplayState = Literal["replayed", "skipped", "missing"]

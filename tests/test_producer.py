@@ -10,11 +10,20 @@ import time
 import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 import forwarder
 from forwarder import EnqueueError, Forwarder, InvalidEvent
 from forwarder.config import Settings
-from forwarder.messages import IDEMPOTENCY_NAMESPACE, parse_event
+from forwarder.messages import (
+    IDEMPOTENCY_NAMESPACE,
+    encode_event,
+    encode_new_events,
+    parse_event,
+    random_uuid,
+)
 from forwarder.redis_server import free_port
 from tests.conftest import capture_event, user_event
 
@@ -39,6 +48,21 @@ def test_capture_enqueues_the_event_as_one_json_item(settings):
     assert item["attempts"] == 0 and before <= item["first_seen"] <= time.time()
     # What the worker reads back is exactly what was captured.
     assert parse_event(raw[0])["body"] == item["body"]
+
+
+@examples(max_examples=200, deadline=None)
+@given(bodies=st.lists(st.dictionaries(st.text(max_size=8), st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**53), 2**53), st.floats(allow_nan=False,
+    allow_infinity=False), st.text(max_size=12)), max_size=4), min_size=1, max_size=3),
+    experience=st.none() | st.text(max_size=10), first_seen=st.floats(0, 4e9))
+def test_the_template_writes_what_encode_event_writes(bodies, experience, first_seen):
+    ids = [random_uuid() for _ in bodies]
+    for kind in ("capture", "user_analytics"):
+        fast = encode_new_events(kind, experience, ids, bodies, first_seen)
+        plain = [encode_event({"id": i, "kind": kind, "experience": experience, "body": b,
+                               "attempts": 0, "first_seen": first_seen})
+                 for i, b in zip(ids, bodies, strict=True)]
+        assert fast == plain
 
 
 def test_idempotency_key_gives_a_stable_uuid(settings):

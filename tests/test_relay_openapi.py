@@ -12,6 +12,7 @@ from forwarder.config import is_valid_slug
 from forwarder.relay_openapi import SLUG_PATTERN, TEXT_PATTERN
 from forwarder.schemas import MAX_TEXT, text_value
 
+
 def _ecma(pattern: str) -> re.Pattern[str]:
     """The pattern as JSON Schema reads it: ``$`` is the very end (Python's ``$``
     also matches before a final newline)."""

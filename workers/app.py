@@ -153,7 +153,8 @@ class ForwarderCelery(Celery):
         """This process's WorkerRuntime, built on first use (after any fork)."""
         with self._runtime_lock:
             if self._runtime_instance is None:
-                install_logging(self.forwarder_settings.log_format)
+                install_logging(self.forwarder_settings.log_format,
+                                secrets=self.forwarder_settings.secrets())
                 # Our own line per delivery outcome says more; Celery's two
                 # lines per task ("received", "succeeded") would triple the log.
                 for name in ("celery.app.trace", "celery.worker.strategy"):

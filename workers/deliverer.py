@@ -27,7 +27,7 @@ from forwarder.constants import (
     TASK_BUDGET_SECONDS,
 )
 from forwarder.errors import ForwarderError
-from forwarder.logs import mask_email
+from forwarder.masking import mask_email
 from forwarder.messages import (
     Event,
     MalformedEvent,

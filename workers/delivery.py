@@ -30,6 +30,7 @@ from forwarder.constants import (
     DLQ_DETAIL_BYTES,
     USER_ANALYTICS_PATH,
 )
+from forwarder.masking import scrub
 from forwarder.messages import Event
 
 #: delivered: Distinct took it. transient: try again later. rejected: the
@@ -199,6 +200,7 @@ class DistinctClient:
             API_KEY_HEADER: settings.api_key or "",
             "User-Agent": f"distinct-forwarder/{__version__}",
         }
+        self._secrets = [settings.api_key] if settings.api_key else []
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
@@ -251,11 +253,17 @@ class DistinctClient:
             if conn is not None:
                 conn.close()
             outcome = classify_exception(exc)
-            return Outcome(outcome.verdict, None, outcome.detail, None,
+            return Outcome(outcome.verdict, None, self._scrub(outcome.detail), None,
                            time.monotonic() - started)
         outcome = classify_response(response.status, body, response.getheader("Retry-After"))
-        return Outcome(outcome.verdict, outcome.status, outcome.detail, outcome.retry_after,
-                       time.monotonic() - started)
+        return Outcome(outcome.verdict, outcome.status, self._scrub(outcome.detail),
+                       outcome.retry_after, time.monotonic() - started)
+
+    def _scrub(self, detail: str) -> str:
+        # http.client quotes a header value it refuses in its exception, and a
+        # proxy may echo request headers in its answer: whatever the source,
+        # the key never reaches a log line or a dead letter.
+        return scrub(detail, self._secrets)
 
     def close(self) -> None:
         with self._lock:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import redis
 
-from forwarder.constants import CHUNK_EVENTS, DISPATCH_RESEND_SECONDS, IDLE_WAIT_SECONDS
+from forwarder.constants import BATCH_EVENTS, DISPATCH_RESEND_SECONDS, IDLE_WAIT_SECONDS
 from forwarder.messages import describe
 from workers.holding import Holding
 from workers.upgrade import expand
@@ -127,7 +127,7 @@ class Dispatcher:
                 self._lock.wait(IDLE_WAIT_SECONDS)
                 return 0
         batch = secrets.token_hex(8)
-        taken = self.holding.take(batch, CHUNK_EVENTS, free)
+        taken = self.holding.take(batch, BATCH_EVENTS, free)
         if not taken.items:
             # Nothing queued: block until something is (it lands in this
             # worker's landing list, and the next take holds it).

@@ -30,14 +30,14 @@ DLQ_DEPTH = Gauge("distinct_forwarder_dlq_depth", "Entries in the dead-letter qu
 BREAKER_OPEN = Gauge("distinct_forwarder_breaker_open", "1 while the circuit breaker is open.")
 
 
-def serve(port: int | None) -> bool:
-    """Start the metrics endpoint; a taken port is logged, not fatal."""
+def serve(port: int | None, bind: str = "127.0.0.1") -> bool:
+    """Start the metrics endpoint (loopback by default); a taken port is logged, not fatal."""
     if not port:
         return False
     try:
-        start_http_server(port)
+        start_http_server(port, addr=bind)
     except OSError as exc:
-        log.warning("metrics: cannot listen on port %d (%s); metrics disabled", port, exc)
+        log.warning("metrics: cannot listen on %s:%d (%s); metrics disabled", bind, port, exc)
         return False
-    log.info("metrics on http://0.0.0.0:%d/metrics", port)
+    log.info("metrics on http://%s:%d/metrics", bind, port)
     return True

@@ -79,7 +79,7 @@ class WorkerRuntime:
         """Register, then start taking, beating and promoting (the worker is up)."""
         self.concurrency = concurrency
         self.dispatcher.capacity = concurrency + max(READY_BATCHES_MIN, concurrency // 8)
-        metrics.serve(self.settings.metrics_port)
+        metrics.serve(self.settings.metrics_port, self.settings.metrics_bind)
         self.heartbeat.register()
         self.heartbeat.sweep()  # a predecessor killed on this host comes back now
         self.heartbeat.start()

@@ -16,7 +16,7 @@ from forwarder.constants import TASK_NAME
 from workers.deliverer import RedisUnavailable
 
 log = logging.getLogger("distinct_forwarder.delivery")
-#: The most events one batch can name (the dispatcher takes CHUNK_EVENTS;
+#: The most events one batch can name (the dispatcher takes BATCH_EVENTS;
 #: a 0.1 message expanded on upgrade may carry up to 100 per message).
 MAX_BATCH_EVENTS = 4096
 

@@ -21,7 +21,7 @@ from forwarder import dlq as dlq_tools
 from forwarder.cli.base import Ctx, cli, pass_ctx
 from forwarder.config import parse_duration
 from forwarder.errors import EntryNotFound
-from forwarder.logs import mask_email
+from forwarder.masking import mask_email
 from forwarder.store import DLQ_REASONS
 
 IMPORT_CHUNK = 500

@@ -17,14 +17,23 @@ from forwarder.cli.base import Ctx, cli, pass_ctx
 APP = "forwarder.relay:create_app()"
 
 
-def gunicorn_argv(bind: str, workers: int, threads: int, extra: tuple[str, ...]) -> list[str]:
+def gunicorn_argv(bind: str, workers: int, connections: int,
+                  extra: tuple[str, ...]) -> list[str]:
     """gunicorn's command line: the relay's defaults first, so ``extra`` wins."""
     return [
         "--bind", bind, "--workers", str(workers),
-        # gthread keeps client connections alive between requests; sync
-        # workers close each one, which costs a TCP handshake per event.
-        "--worker-class", "gthread", "--threads", str(threads),
-        "--keep-alive", "5", "--timeout", "30", "--graceful-timeout", "20",
+        # gevent: each connection is a greenlet, so a thousand idle or
+        # trickling clients cost memory, not the threads others need; a
+        # worker takes at most `connections` at once, the rest wait in the
+        # listen backlog.
+        "--worker-class", "gevent", "--worker-connections", str(connections),
+        # With gevent, keep-alive is also the time a client has to send each
+        # request's line and headers: a half-sent header is cut off after it.
+        "--keep-alive", str(C.RELAY_HEADER_TIMEOUT), "--timeout", "30",
+        "--graceful-timeout", "20",
+        # Bounded request line and headers (gunicorn's defaults, stated).
+        "--limit-request-line", "8190", "--limit-request-fields", "100",
+        "--limit-request-field_size", "8190",
         "--name", "distinct-forwarder-relay",
         *_no_control_socket(),
         *extra,
@@ -47,12 +56,15 @@ def _no_control_socket() -> list[str]:
 @click.option("--workers", "-w", envvar="FORWARDER_RELAY_WORKERS",
               default=C.DEFAULT_RELAY_WORKERS, show_default=True, type=click.IntRange(1, 64),
               help="gunicorn worker processes [env FORWARDER_RELAY_WORKERS].")
-@click.option("--threads", envvar="FORWARDER_RELAY_THREADS", default=C.DEFAULT_RELAY_THREADS,
-              show_default=True, type=click.IntRange(1, 256),
-              help="Threads per worker [env FORWARDER_RELAY_THREADS].")
+@click.option("--connections", envvar="FORWARDER_RELAY_CONNECTIONS",
+              default=C.DEFAULT_RELAY_CONNECTIONS, show_default=True,
+              type=click.IntRange(10, 100_000),
+              help="Open connections per worker at most [env FORWARDER_RELAY_CONNECTIONS].")
+@click.option("--threads", hidden=True, type=int,
+              help="Ignored since 0.2: connections are greenlets (see --connections).")
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
 @pass_ctx
-def relay(obj: Ctx, bind: str, workers: int, threads: int,
+def relay(obj: Ctx, bind: str, workers: int, connections: int, threads: int | None,
           gunicorn_args: tuple[str, ...]) -> None:
     """Serve Distinct's two capture endpoints over HTTP (gunicorn options pass through).
 
@@ -62,10 +74,18 @@ def relay(obj: Ctx, bind: str, workers: int, threads: int,
 
     \b
     Also: GET /healthz, /readyz, /metrics (Prometheus), /openapi.json.
+    Needs the relay extra: pip install 'distinct-forwarder[relay]'.
     Examples:
       FORWARDER_RELAY_KEYS=$(openssl rand -hex 24) distinct-forwarder relay
       distinct-forwarder relay --bind 0.0.0.0:8080 --workers 4 --access-logfile -
     """
+    try:
+        import gevent  # noqa: F401
+        import gunicorn  # noqa: F401
+    except ImportError:
+        raise click.ClickException(
+            "the relay needs gunicorn and gevent: pip install 'distinct-forwarder[relay]'"
+        ) from None
     # Workers read their settings from the environment after the fork.
     if obj.redis_url:
         os.environ["REDIS_URL"] = obj.redis_url
@@ -86,7 +106,10 @@ def relay(obj: Ctx, bind: str, workers: int, threads: int,
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
     from gunicorn.app.wsgiapp import WSGIApplication
 
-    sys.argv = ["distinct-forwarder relay", *gunicorn_argv(bind, workers, threads,
+    if threads is not None:
+        click.echo("--threads is ignored since 0.2 (the relay serves connections as "
+                   "greenlets); see --connections", err=True)
+    sys.argv = ["distinct-forwarder relay", *gunicorn_argv(bind, workers, connections,
                                                             gunicorn_args)]
     try:
         WSGIApplication("%(prog)s [OPTIONS]").run()

@@ -73,9 +73,13 @@ def status_cmd(obj: Ctx, as_json: bool, path: str | None) -> None:
         ("oldest entry", oldest),
         ("size", f"{st.size_bytes / 1048576:.1f} MiB of {st.max_bytes / 1048576:.0f} MiB"),
         ("refused (spool full)", str(st.full_rejections)),
+        ("corrupted, moved aside", ", ".join(st.quarantined) or "-"),
     ]
     for name, value in rows:
         click.echo(f"  {name:<22}{value}")
+    if st.quarantined:
+        click.echo("  A corrupted spool's events could not be read; keep the file for "
+                   "recovery (sqlite3 .recover) or remove it.", err=True)
 
 
 @spool.command("flush")
