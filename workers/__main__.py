@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     if os.environ.get(CHILD_ENV) != "1":
+        from forwarder.redis_server import version_problem
+        from forwarder.store import connect
+
+        problem = version_problem(connect(settings.redis_url, timeout=5.0))
+        if problem:
+            print(f"Error: {problem}", file=sys.stderr)
+            return 2
         return supervise([sys.executable, "-m", "workers", *args],
                          after_child=requeue_dead_child(settings))  # type: ignore[arg-type]
     from workers.app import app

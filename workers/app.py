@@ -23,6 +23,7 @@ from celery.exceptions import ImproperlyConfigured
 
 from forwarder.config import Settings
 from forwarder.logs import install as install_logging
+from forwarder.redis_server import version_problem
 from workers import tasks
 from workers.holding import new_worker_id
 from workers.runtime import WorkerRuntime, dispatch_queue
@@ -178,7 +179,11 @@ class ForwarderStep(bootsteps.StartStopStep):
             raise ImproperlyConfigured(
                 "distinct-forwarder workers run with the threads pool (the default; or "
                 "--pool=solo): their tasks share the process that holds their events")
-        worker.app.runtime().start(int(worker.concurrency or 1))
+        runtime = worker.app.runtime()
+        problem = version_problem(runtime.store.client)
+        if problem:
+            raise ImproperlyConfigured(problem)
+        runtime.start(int(worker.concurrency or 1))
 
     def stop(self, worker: Any) -> None:
         runtime = worker.app.runtime_if_started()
