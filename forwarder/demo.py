@@ -116,7 +116,7 @@ def run_demo(redis_url: str | None, events: int = 300, clean: bool = False) -> i
     echo(f"Started a worker (pid {worker.pid}).")
     code = 1
     try:
-        code = _drive(store, sandbox, url, events, echo)
+        code = _drive(store, sandbox, url, events, echo, kept=private is None and not clean)
         if code != 0:
             echo(f"The worker's log: {worker_log.name}")
         return code
@@ -132,7 +132,8 @@ def run_demo(redis_url: str | None, events: int = 300, clean: bool = False) -> i
             private.stop()
 
 
-def _drive(store: Store, sandbox: Sandbox, url: str, count: int, echo: Any) -> int:
+def _drive(store: Store, sandbox: Sandbox, url: str, count: int, echo: Any,
+           kept: bool = True) -> int:
     fwd = Forwarder(settings=Settings(redis_url=url, namespace=NAMESPACE,
                                       experience=EXPERIENCE))
     accepted: dict[str, tuple[str, str]] = {}
@@ -196,11 +197,15 @@ def _drive(store: Store, sandbox: Sandbox, url: str, count: int, echo: Any) -> i
         for e in entries[:3]:
             echo(f"  {e['id']}  {e['reason']}  HTTP {e['last_status']}  "
                  f"{e['body'].get('type', e['kind'])}")
-    echo("\nThe demo's keys stay in Redis (namespace distinct-forwarder-demo) until the next\n"
-         "demo or `demo --clean`; look at them yourself:")
-    echo(f"  FORWARDER_NAMESPACE={NAMESPACE} distinct-forwarder dlq list")
-    echo(f"  FORWARDER_NAMESPACE={NAMESPACE} distinct-forwarder dlq show ID")
-    echo(f"  FORWARDER_NAMESPACE={NAMESPACE} distinct-forwarder dlq replay --all")
+    if kept:
+        echo("\nThe demo's keys stay in Redis (namespace distinct-forwarder-demo) until the "
+             "next\ndemo or `demo --clean`; look at them yourself:")
+        echo(f"  FORWARDER_NAMESPACE={NAMESPACE} distinct-forwarder dlq list")
+        echo(f"  FORWARDER_NAMESPACE={NAMESPACE} distinct-forwarder dlq show ID")
+        echo(f"  FORWARDER_NAMESPACE={NAMESPACE} distinct-forwarder dlq replay --all")
+    else:
+        echo("\nThe private Redis stops with the demo, and its keys with it. Point REDIS_URL "
+             "at a Redis\nto keep them and look at them with `distinct-forwarder dlq list`.")
     return 0 if matches else 1
 
 
