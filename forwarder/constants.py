@@ -21,12 +21,12 @@ DLQ_ENTRIES = "dlq"
 DLQ_INDEX = "dlq:index"
 #: Sorted sets of DLQ ids by reason, scored like DLQ_INDEX.
 DLQ_REASON_PREFIX = "dlq:reason:"
-#: One set per hour of delivered event ids (16-byte UUIDs), ``delivered:{hour}``,
-#: kept for the dedupe window plus the rest of its hour.
-DELIVERED_PREFIX = "delivered:"
-#: String per event id while one worker holds the right to POST it; its value
-#: is ``{worker}|{token}``.
-INFLIGHT_PREFIX = "inflight:"
+#: Delivered event ids (16-byte UUIDs), one set per 6 hours of delivery,
+#: ``dedupe:{n}`` (forwarder/lua/lib/dedupe.lua).
+DEDUPE_PREFIX = "dedupe:"
+#: Hash of claims: event id -> ``{worker}|{token}|{until}`` while one worker
+#: holds the right to POST it (workers/lua/lib/claims.lua).
+CLAIMS = "claims"
 #: Hash: the shared circuit breaker (state, reason, open_until, cooldown...).
 BREAKER = "breaker"
 #: String held by the one worker sending the half-open breaker's probe.
@@ -63,6 +63,8 @@ LEGACY_UNACKED_INDEX = "unacked_index"
 LEGACY_FETCHERS = "fetchers"
 LEGACY_TAKEN = "taken"
 LEGACY_TAKEN_PREFIX = "taken:"
+#: 0.1's dedupe sets, one per hour of delivery: looked through until they expire.
+LEGACY_DEDUPE_PREFIX = "delivered:"
 
 
 def key(namespace: str, name: str) -> str:

@@ -149,7 +149,8 @@ class Store:
         self.dlq_key = k(C.DLQ_ENTRIES)
         self.dlq_index_key = k(C.DLQ_INDEX)
         self.dlq_reason_prefix = k(C.DLQ_REASON_PREFIX)
-        self.delivered_prefix = k(C.DELIVERED_PREFIX)
+        self._dedupe = {"dedupe_prefix": k(C.DEDUPE_PREFIX),
+                        "legacy_dedupe_prefix": k(C.LEGACY_DEDUPE_PREFIX)}
         self.stats_prefix = k(C.STATS_PREFIX)
         self.breaker_key = k(C.BREAKER)
         self.workers_key = k(C.WORKERS)
@@ -218,8 +219,8 @@ class Store:
     # --- dedupe window -------------------------------------------------------------
     def is_delivered(self, event_id: str) -> bool:
         """Whether Distinct accepted this id within the dedupe window."""
-        return bool(_IS_DELIVERED(self.client, delivered_prefix=self.delivered_prefix,
-                                  member=dedupe_member(event_id), dedupe_ttl=self.dedupe_ttl))
+        return bool(_IS_DELIVERED(self.client, **self._dedupe, member=dedupe_member(event_id),
+                                  dedupe_ttl=self.dedupe_ttl))
 
     # --- dead-letter queue ---------------------------------------------------
     def dlq_depth(self) -> int:
@@ -281,7 +282,7 @@ class Store:
         for event_id, item in pairs:
             triples += [event_id, dedupe_member(event_id), item]
         states = _REPLAY(self.client, **self._dlq, queue=self.queue_key,
-                         delivered_prefix=self.delivered_prefix, dedupe_ttl=self.dedupe_ttl,
+                         **self._dedupe, dedupe_ttl=self.dedupe_ttl,
                          rest=triples)
         return [cast(ReplayState, text(s)) for s in states]
 

@@ -102,10 +102,13 @@ def test_every_script_loads_with_its_libraries_and_compiles(store, package, name
     # SCRIPT LOAD compiles it: a syntax error or a missing include fails here.
     sha = store.client.script_load(lua.source)
     assert re.fullmatch(r"[0-9a-f]{40}", _text(sha))
-    # The libraries define functions only: nothing runs at include time.
+    # The libraries define constants and functions only: nothing runs at
+    # include time.
     for include in lua.layout.includes:
         text = read_library(package, include)
         code = [line for line in text.splitlines() if line and not line.startswith("--")]
+        while code and re.fullmatch(r"local [A-Z_]+ = \d+", code[0]):
+            code.pop(0)
         assert code and code[0].startswith("local function "), include
 
 
@@ -182,8 +185,9 @@ def test_requeue_worker_brings_back_a_silent_workers_events_and_claims(store):
     assert [w.id for w in store.workers()] == ["live-1"]
     assert not store.client.exists(dead.held_key, dead.landing_key, dead.info_key)
     # Its claim is gone, so the event is sent again now; another worker's stays.
-    assert not store.client.exists(f"{store.namespace}:inflight:{first_id}")
-    assert store.client.exists(f"{store.namespace}:inflight:0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d10")
+    claims = f"{store.namespace}:claims"
+    assert not store.client.hexists(claims, first_id)
+    assert store.client.hexists(claims, "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d10")
 
 
 # --- finish (workers/outcomes.py) ------------------------------------------------------------
@@ -227,9 +231,10 @@ def test_finish_releases_only_its_own_claim(store):
     time.sleep(0.1)  # expired, and another worker claimed it since
     assert gate.admit_many([event_id], "theirs", 5)[0].state == "claimed"
     store_outcomes(store, [Finish("b:1", event_id, "retried", item(1), 10.0)], token="mine")
-    assert store.client.get(f"{store.namespace}:inflight:{event_id}") == b"theirs"
+    claims = f"{store.namespace}:claims"
+    assert store.client.hget(claims, event_id).startswith(b"theirs|")
     store_outcomes(store, [Finish("b:2", event_id, "released")], token="theirs")
-    assert not store.client.exists(f"{store.namespace}:inflight:{event_id}")
+    assert not store.client.hexists(claims, event_id)
     assert store.client.hexists(held_key(store), "b:2")  # released: still held
 
 
@@ -253,7 +258,7 @@ def test_breaker_consecutive_failures_open_it_and_nothing_is_admitted(store):
     assert state.state == "open" and state.reason == "transient"
     admission = Gate(store.client, store.namespace).admit_many(["e1"], "t1", 5)[0]
     assert admission.state == "open" and 0 < admission.wait <= 0.3
-    assert not store.client.exists(f"{store.namespace}:inflight:e1")
+    assert not store.client.hexists(f"{store.namespace}:claims", "e1")
 
 
 def test_breaker_a_success_resets_the_consecutive_count(store):
@@ -261,6 +266,24 @@ def test_breaker_a_success_resets_the_consecutive_count(store):
     for signal in ("fail", "fail", "ok", "fail", "fail"):
         assert _signal(store, signal, policy=policy) == ""
     assert store.breaker().state == "closed"
+
+
+def test_breaker_one_group_counts_its_answers_in_order(store):
+    # One finish call carrying several threads' outcomes: the successes before
+    # a failure end the run of failures first, as they came; those after it
+    # end the run again.
+    policy = _policy(consecutive=2, min_requests=1000)
+    def finish(i: int, signal: str) -> Finish:
+        return Finish(f"g:{i}", f"id-{i}", "retried", item(i), 60.0, "", signal, "transient")
+    group = [finish(0, "fail"), finish(1, "ok"), finish(2, "ok"), finish(3, "fail"),
+             finish(4, "ok")]
+    assert store_outcomes(store, group, policy=policy) == []
+    assert store.breaker().state == "closed"
+    assert store.client.hget(f"{store.namespace}:breaker", "consecutive") == b"0"
+    from tests.helpers import outcomes
+    group = [finish(5, "ok"), finish(6, "fail"), finish(7, "fail")]
+    assert outcomes(store, policy).store_groups([("", group[:1]), ("", group[1:])]) == [
+        [""], ["", "opened"]]
 
 
 def test_breaker_failure_ratio_over_the_window_opens_it(store):
@@ -311,7 +334,13 @@ def test_admit_claim_states(store):
     store_outcomes(store, [Finish("b:1", event_id, "delivered", dedupe_member(event_id))],
                    token="t1")
     assert gate.admit_many([event_id], "t3", 5)[0].state == "delivered"
-    assert not store.client.exists(f"{store.namespace}:inflight:{event_id}")
+    assert not store.client.hexists(f"{store.namespace}:claims", event_id)
+
+
+def test_admit_the_same_id_twice_in_one_chunk_claims_it_once(store):
+    gate = Gate(store.client, store.namespace)
+    states = [a.state for a in gate.admit_many(["dup", "other", "dup"], "t1", 5)]
+    assert states == ["claimed", "claimed", "busy"]
 
 
 def test_admit_rate_limit_reserves_evenly_spaced_slots(store):
@@ -327,6 +356,42 @@ def test_admit_rate_limit_reserves_evenly_spaced_slots(store):
     assert len(waits) == 21
     for n, wait in enumerate(waits):
         assert abs(wait - n / 20) < 0.05
+
+
+def test_claims_past_their_time_are_free_and_swept(store):
+    gate = Gate(store.client, store.namespace)
+    assert gate.admit_many(["a", "b"], "w|t1", 0.05)[0].state == "claimed"
+    assert gate.admit_many(["c"], "w|t2", 60)[0].state == "claimed"
+    time.sleep(0.1)
+    assert gate.admit_many(["a"], "w|t3", 60)[0].state == "claimed"  # free again
+    holding = Holding(store.client, store.namespace, "w")
+    assert holding.sweep_claims() == 1  # "b": past its time, never released (via "sweep_claims")
+    assert sorted(store.client.hkeys(f"{store.namespace}:claims")) == [b"a", b"c"]
+
+
+def test_a_group_of_outcomes_from_several_chunks_is_one_call(store):
+    from tests.helpers import outcomes
+    from workers.outcomes import GroupCommit
+
+    group = GroupCommit(outcomes(store))
+    ids = [f"0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b{i:04d}" for i in range(40)]
+    for i in range(len(ids)):
+        store.client.hset(held_key(store), f"b:{i}", "held")
+    gate = Gate(store.client, store.namespace)
+    tokens = [f"w|chunk{i % 4}" for i in range(40)]
+    for event_id, token in zip(ids, tokens, strict=True):
+        gate.admit_many([event_id], token, 60)
+    threads = [threading.Thread(target=group.store, args=(
+        tokens[i], [Finish(f"b:{i}", ids[i], "delivered", dedupe_member(ids[i]), signal="ok")]))
+        for i in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert all(store.is_delivered(i) for i in ids)
+    assert store.client.hlen(held_key(store)) == 0
+    assert not store.client.exists(f"{store.namespace}:claims")  # each released by its token
+    assert 1 <= group.calls < 40  # threads waiting together shared calls
 
 
 # --- promote (workers/promoter.py) -------------------------------------------------------------
@@ -419,10 +484,36 @@ def test_dlq_import_replaces_an_entry_and_its_reason_atomically(store):
 def test_is_delivered_looks_through_the_whole_window(store):
     event_id = "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d14"
     assert not store.is_delivered(event_id)  # via "is_delivered"
-    # Delivered 23 hours ago: still in the 24 h window.
-    hour = int(time.time() // 3600) - 23
+    # Delivered 24 hours ago: still in the window (its 6-hour set is kept 24 h
+    # past its end).
+    span = int((time.time() - 86400) // 21600)
+    store.client.sadd(f"{store.namespace}:dedupe:{span}", dedupe_member(event_id))
+    assert store.is_delivered(event_id)
+    # One more set back has expired by now in Redis, so it is not looked at.
+    other = "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d15"
+    store.client.sadd(f"{store.namespace}:dedupe:{span - 1}", dedupe_member(other))
+    assert not store.is_delivered(other)
+
+
+def test_delivered_sets_expire_a_window_after_their_six_hours(store):
+    event_id = "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d16"
+    store_outcomes(store, [Finish("d:1", event_id, "delivered", dedupe_member(event_id))])
+    keys = store.client.keys(f"{store.namespace}:dedupe:*")
+    assert len(keys) == 1
+    span = int(keys[0].rsplit(b":", 1)[1])
+    assert store.client.ttl(keys[0]) == pytest.approx((span + 1) * 21600 + 86400 - time.time(),
+                                                       abs=3)
+
+
+def test_ids_in_0_1_hourly_sets_are_still_found(store):
+    # 0.1 workers remembered ids in one set per hour of delivery; until those
+    # expire, a rolling upgrade must not POST their ids again.
+    event_id = "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d17"
+    hour = int(time.time() // 3600) - 20
     store.client.sadd(f"{store.namespace}:delivered:{hour}", dedupe_member(event_id))
     assert store.is_delivered(event_id)
+    admission = Gate(store.client, store.namespace).admit_many([event_id], "t", 5)[0]
+    assert admission.state == "delivered"
 
 
 def test_spool_push_pushes_a_batch_once(store):

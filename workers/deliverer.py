@@ -42,6 +42,7 @@ from workers.gate import Admission, BreakerPolicy, Gate
 from workers.holding import Holding
 from workers.outcomes import (
     Finish,
+    GroupCommit,
     Outcomes,
     breaker_signal,
     dead_letter,
@@ -80,7 +81,6 @@ class _Mine:
 
     holding: Holding
     gate: Gate
-    outcomes: Outcomes
 
 
 class Deliverer:
@@ -103,6 +103,12 @@ class Deliverer:
             cooldown_min=settings.breaker_cooldown_min,
             cooldown_max=settings.breaker_cooldown_max)
         self.holding = Holding(self.client, settings.namespace, worker)
+        # Every thread's outcomes go through one writer (a connection of its own).
+        self.outcomes = GroupCommit(Outcomes(
+            redis.Redis(connection_pool=self.client.connection_pool,
+                        single_connection_client=True),
+            settings.namespace, self.holding.held_key, self.breaker_policy,
+            settings.dedupe_ttl))
         self.clock = clock
         self.rng = rng or random.Random()
         self.sleep = sleep
@@ -112,7 +118,7 @@ class Deliverer:
         self._local = threading.local()
 
     def _mine(self) -> _Mine:
-        """This thread's Holding, Gate and Outcomes, on a connection of its own.
+        """This thread's Holding and Gate, on a connection of its own.
 
         Taken from the shared pool once per thread and kept: with 96 threads,
         borrowing and returning a pooled connection per command cost as much
@@ -123,10 +129,8 @@ class Deliverer:
             client = redis.Redis(connection_pool=self.client.connection_pool,
                                  single_connection_client=True)
             s = self.settings
-            holding = Holding(client, s.namespace, self.worker)
-            mine = _Mine(holding, Gate(client, s.namespace, s.rate_limit, s.dedupe_ttl),
-                         Outcomes(client, s.namespace, holding.held_key, self.breaker_policy,
-                                  s.dedupe_ttl))
+            mine = _Mine(Holding(client, s.namespace, self.worker),
+                         Gate(client, s.namespace, s.rate_limit, s.dedupe_ttl))
             self._local.mine = mine
         return mine
 
@@ -240,7 +244,7 @@ class Deliverer:
         """Store outcomes (one Lua call, with the breaker), then emit their metrics."""
         if not finishes:
             return
-        changes = self._redis(lambda: self._mine().outcomes.store(token, finishes))
+        changes = self._redis(lambda: self.outcomes.store(token, finishes))
         for report in reports:
             report()
         for change in changes:

@@ -66,8 +66,9 @@ class Gate:
         self.dedupe_ttl = dedupe_ttl
         self.rate_limit = rate_limit or 0.0
         k = lambda name: C.key(namespace, name)  # noqa: E731
-        self.keys = {"delivered_prefix": k(C.DELIVERED_PREFIX),
-                     "inflight_prefix": k(C.INFLIGHT_PREFIX), "breaker": k(C.BREAKER),
+        self.keys = {"dedupe_prefix": k(C.DEDUPE_PREFIX),
+                     "legacy_dedupe_prefix": k(C.LEGACY_DEDUPE_PREFIX),
+                     "claims": k(C.CLAIMS), "breaker": k(C.BREAKER),
                      "probe": k(C.BREAKER_PROBE), "rate": k(C.RATE)}
 
     def admit_many(self, event_ids: list[str], token: str,
@@ -82,10 +83,10 @@ class Gate:
         return [_admission(reply) for reply in replies]
 
 
-def _admission(reply: list[Any]) -> Admission:
-    state = text(reply[0])
-    if state in ("open", "wait"):
-        return Admission(state, wait=float(text(reply[1])))  # type: ignore[arg-type]
-    if state == "claimed":
-        return Admission("claimed", wait=float(text(reply[1])), probe=bool(int(reply[2])))
+def _admission(reply: bytes | str) -> Admission:
+    state, _, wait = text(reply).partition(" ")
+    if state == "probe":
+        return Admission("claimed", wait=float(wait), probe=True)
+    if state in ("open", "wait", "claimed"):
+        return Admission(state, wait=float(wait))  # type: ignore[arg-type]
     return Admission(state)  # type: ignore[arg-type]

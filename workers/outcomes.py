@@ -1,17 +1,22 @@
-"""Storing what became of each held event: one Lua call (finish.lua) per chunk.
+"""Storing what became of each held event: finish.lua, one call per group of outcomes.
 
 Each outcome takes its event out of the worker's held batch in the same atomic
 step that stores it (dedupe entry, retry set, DLQ entry), counts it and feeds
 the circuit breaker, so there is no moment at which an event is neither held
-nor stored. The delivery loop (workers/tasks.py) stores each POST's outcome
-before that thread's next POST: a worker killed at any point leaves at most
-one POST per thread to be sent twice.
+nor stored. The delivery loop (workers/deliverer.py) stores each POST's
+outcome before that thread's next POST, so a worker killed at any point leaves
+at most one POST per thread to be sent twice; the outcomes of all threads
+waiting at the same moment share one call (GroupCommit), so Redis sees one
+round trip per group rather than per event.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -61,8 +66,8 @@ class Outcomes:
         k = lambda name: C.key(namespace, name)  # noqa: E731
         self.client = client
         self.keys = {
-            "held": held_key, "inflight_prefix": k(C.INFLIGHT_PREFIX),
-            "stats_prefix": k(C.STATS_PREFIX), "delivered_prefix": k(C.DELIVERED_PREFIX),
+            "held": held_key, "claims": k(C.CLAIMS),
+            "stats_prefix": k(C.STATS_PREFIX), "dedupe_prefix": k(C.DEDUPE_PREFIX),
             "retry": k(C.RETRY_SET), "dlq": k(C.DLQ_ENTRIES), "dlq_index": k(C.DLQ_INDEX),
             "dlq_reason_prefix": k(C.DLQ_REASON_PREFIX), "breaker": k(C.BREAKER),
             "probe": k(C.BREAKER_PROBE), "window_prefix": k(C.BREAKER_WINDOW_PREFIX),
@@ -71,14 +76,95 @@ class Outcomes:
 
     def store(self, token: str | None, items: list[Finish]) -> list[str]:
         """Store outcomes atomically, in order; returns the breaker's changes."""
+        return [c for c in self.store_groups([(token or "", items)])[0] if c]
+
+    def store_groups(self, groups: list[tuple[str, list[Finish]]]) -> list[list[str]]:
+        """Several chunks' outcomes (each with its claim token) in one atomic call;
+        returns, per group, the breaker change each outcome caused ('' for none)."""
+        flat: list[Any] = []
+        for token, items in groups:
+            for f in items:
+                flat += [token, f.field, f.event_id, f.outcome, f.payload, repr(f.score),
+                         f.dlq_reason, f.signal, f.breaker_reason]
+        if not flat:
+            return [[] for _ in groups]
+        reply = _FINISH(self.client, **self.keys, **self.args, rest=flat)
+        changes = [""] * (len(flat) // 9)
+        for position, change in zip(reply[::2], reply[1::2], strict=True):
+            changes[int(position) - 1] = text(change)
+        out, start = [], 0
+        for _, items in groups:
+            out.append(changes[start:start + len(items)])
+            start += len(items)
+        return out
+
+
+class GroupCommit:
+    """The outcomes of every delivery thread of a process, stored together.
+
+    A thread hands over its outcomes and waits until they are stored, as
+    before its next POST it must; one writer thread stores everything handed
+    over meanwhile in one finish.lua call. Redis answers one call per group
+    instead of one per event: with 96 threads each waiting on its POST, most
+    outcomes share a call with others (a database's group commit).
+    """
+
+    #: The most outcomes in one call; the rest wait for the next.
+    MAX_OUTCOMES = 256
+    #: A thread waits this long for its group at most, then treats it as a
+    #: Redis timeout (its caller retries, as for any Redis error).
+    WAIT_SECONDS = 60.0
+
+    def __init__(self, outcomes: Outcomes):
+        self.outcomes = outcomes
+        self._pending: list[tuple[str, list[Finish], Future[list[str]]]] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self.calls = 0
+
+    def store(self, token: str | None, items: list[Finish]) -> list[str]:
+        """Store ``items`` (in one group with others); returns the breaker's changes."""
         if not items:
             return []
-        flat: list[Any] = []
-        for f in items:
-            flat += [f.field, f.event_id, f.outcome, f.payload, repr(f.score), f.dlq_reason,
-                     f.signal, f.breaker_reason]
-        changes = _FINISH(self.client, **self.keys, **self.args, token=token or "", rest=flat)
-        return [text(c) for c in changes]
+        future: Future[list[str]] = Future()
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="outcome-writer",
+                                                daemon=True)
+                self._thread.start()
+            self._pending.append((token or "", items, future))
+            self._cond.notify()
+        try:
+            return future.result(self.WAIT_SECONDS)
+        except FutureTimeout:
+            raise redis.TimeoutError("outcomes not stored in time") from None
+
+    def _next_group(self) -> list[tuple[str, list[Finish], Future[list[str]]]]:
+        with self._cond:
+            while not self._pending:
+                self._cond.wait()
+            group: list[tuple[str, list[Finish], Future[list[str]]]] = []
+            size = 0
+            while self._pending and (not group or size + len(self._pending[0][1])
+                                     <= self.MAX_OUTCOMES):
+                entry = self._pending.pop(0)
+                group.append(entry)
+                size += len(entry[1])
+            return group
+
+    def _loop(self) -> None:
+        while True:
+            group = self._next_group()
+            try:
+                results = self.outcomes.store_groups([(token, items)
+                                                      for token, items, _ in group])
+                self.calls += 1
+            except BaseException as exc:  # each waiting thread decides what to do
+                for _, _, future in group:
+                    future.set_exception(exc)
+                continue
+            for (_, _, future), changes in zip(group, results, strict=True):
+                future.set_result([c for c in changes if c])
 
 
 def dead_letter_entry(event: Event, outcome: Outcome | None, reason: str, now: float,

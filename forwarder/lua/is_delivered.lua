@@ -1,7 +1,10 @@
 -- is_delivered: 1 if Distinct accepted this id within the dedupe window, else 0.
---! KEYS delivered_prefix
+--! KEYS dedupe_prefix legacy_dedupe_prefix
 --! ARGV member dedupe_ttl
 --! include lib/now.lua
 --! include lib/dedupe.lua
-if was_delivered(delivered_prefix, member, now(), tonumber(dedupe_ttl)) then return 1 end
+if delivered_among(dedupe_prefix, legacy_dedupe_prefix, {member}, now(),
+                   tonumber(dedupe_ttl))[1] then
+  return 1
+end
 return 0

@@ -1,38 +1,55 @@
 -- admit: what may be sent of a chunk of events, decided in order, each as if
--- alone. Per event (`events` holds id, dedupe member pairs) the reply is one of:
---   {'delivered'}            in the dedupe window: never send it again
---   {'busy'}                 another worker holds its claim
---   {'open', wait}           the breaker is open: park it for `wait` seconds
---   {'wait', wait}           no rate-limit slot within `max_wait` seconds
---   {'claimed', wait, probe} send it after `wait` s (its reserved rate slot);
---                            probe = 1 for the half-open breaker's one probe
+-- alone, in one step. `events` holds (id, dedupe member) pairs; per event the
+-- reply is one string (one value per event: each value crossing out of Lua
+-- costs Redis as much as a lookup):
+--   'delivered'              in the dedupe window: never send it again
+--   'busy'                   another worker holds its claim
+--   'open <wait>'            the breaker is open: park it for `wait` seconds
+--   'wait <wait>'            no rate-limit slot within `max_wait` seconds
+--   'claimed <wait>'         send it after `wait` s (its reserved rate slot)
+--   'probe <wait>'           the same, as the half-open breaker's one probe
 -- Once one event is refused for the breaker or the rate, every later one gets
 -- the same answer; once one holds the probe, the rest wait for its verdict.
---! KEYS delivered_prefix inflight_prefix breaker probe rate
+-- The chunk costs one SMISMEMBER per set of the dedupe window (5 for 24 h),
+-- one HMGET and one HSET of claims, one read of the breaker and at most one
+-- write of the rate.
+--! KEYS dedupe_prefix legacy_dedupe_prefix claims breaker probe rate
 --! ARGV token claim_ms rate_per_s max_wait dedupe_ttl
 --! ARGV* events
 --! include lib/now.lua
 --! include lib/dedupe.lua
+--! include lib/claims.lua
 local t = now()
 local claim_for, per_second = tonumber(claim_ms), tonumber(rate_per_s)
-local longest_wait, ttl = tonumber(max_wait), tonumber(dedupe_ttl)
-local out = {}
-local blocked = nil
-local tat = nil
+local longest_wait = tonumber(max_wait)
+local ids, members = {}, {}
 for i = 1, #events, 2 do
-  local claim = inflight_prefix .. events[i]
+  ids[#ids + 1] = events[i]
+  members[#members + 1] = events[i + 1]
+end
+local out = {}
+if #ids == 0 then return out end
+local delivered = delivered_among(dedupe_prefix, legacy_dedupe_prefix, members, t,
+                                  tonumber(dedupe_ttl))
+local holders = redis.call('HMGET', claims, unpack(ids))
+local state = redis.call('HMGET', breaker, 'state', 'open_until')
+local claimed, taken = {}, {}  -- taken: ids claimed earlier in this chunk
+local blocked = nil
+local tat, tat_changed = nil, false
+local claim_value = token .. '|' .. tostring(t + claim_for / 1000)
+for i = 1, #ids do
   local reply = nil
-  if was_delivered(delivered_prefix, events[i + 1], t, ttl) then reply = {'delivered'}
-  elseif redis.call('EXISTS', claim) == 1 then reply = {'busy'}
+  if delivered[i] then reply = 'delivered'
+  elseif taken[ids[i]] or not claim_free(holders[i], t) then reply = 'busy'
   elseif blocked then reply = blocked
   else
     local is_probe = 0
-    if redis.call('HGET', breaker, 'state') == 'open' then
-      local open_until = tonumber(redis.call('HGET', breaker, 'open_until') or '0')
+    if state[1] == 'open' then
+      local open_until = tonumber(state[2] or '0')
       if t < open_until then
-        blocked = {'open', tostring(open_until - t)}
+        blocked = 'open ' .. tostring(open_until - t)
       elseif not redis.call('SET', probe, token, 'NX', 'PX', claim_for) then
-        blocked = {'open', '1'}
+        blocked = 'open 1'
       else
         is_probe = 1
       end
@@ -44,20 +61,30 @@ for i = 1, #events, 2 do
       wait = tat - t
       if wait > longest_wait then
         if is_probe == 1 then redis.call('DEL', probe) end
-        blocked = {'wait', tostring(wait)}
+        blocked = 'wait ' .. tostring(wait)
       else
         tat = tat + 1 / per_second
-        redis.call('SET', rate, tostring(tat), 'PX', math.ceil((tat - t) * 1000) + 1000)
+        tat_changed = true
       end
     end
     if blocked then
       reply = blocked
     else
-      redis.call('SET', claim, token, 'PX', claim_for)
-      reply = {'claimed', tostring(wait), is_probe}
-      if is_probe == 1 then blocked = {'open', '1'} end
+      claimed[#claimed + 1] = ids[i]
+      claimed[#claimed + 1] = claim_value
+      taken[ids[i]] = true
+      if is_probe == 1 then
+        reply = 'probe ' .. tostring(wait)
+        blocked = 'open 1'
+      else
+        reply = 'claimed ' .. tostring(wait)
+      end
     end
   end
   out[#out + 1] = reply
+end
+if #claimed > 0 then redis.call('HSET', claims, unpack(claimed)) end
+if tat_changed then
+  redis.call('SET', rate, tostring(tat), 'PX', math.ceil((tat - t) * 1000) + 1000)
 end
 return out

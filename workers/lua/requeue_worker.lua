@@ -5,33 +5,37 @@
 -- the breaker's probe are released too, so they are sent again now rather
 -- than when the claims expire. Returns how many events were requeued, or -1
 -- if W is alive after all.
---! KEYS workers worker_info held landing queue inflight_prefix probe
+--! KEYS workers worker_info held landing queue claims probe
 --! ARGV worker silent_for
 --! include lib/now.lua
 --! include lib/requeue.lua
+--! include lib/claims.lua
 if silent_for ~= '' then
   local beat = redis.call('ZSCORE', workers, worker)
   if beat and now() - tonumber(beat) < tonumber(silent_for) then return -1 end
-end
-local mine = worker .. '|'
-local function release(claim)
-  local holder = redis.call('GET', claim)
-  if holder and string.sub(holder, 1, #mine) == mine then redis.call('DEL', claim) end
 end
 local n = 0
 for _, item in ipairs(redis.call('LRANGE', landing, 0, -1)) do
   requeue(queue, item)
   n = n + 1
 end
+local ids = {}
 for _, item in ipairs(redis.call('HVALS', held)) do
   requeue(queue, item)
   n = n + 1
   local ok, event = pcall(cjson.decode, item)
   if ok and type(event) == 'table' and type(event['id']) == 'string' then
-    release(inflight_prefix .. event['id'])
+    ids[#ids + 1] = event['id']
   end
 end
-release(probe)
+for start = 1, #ids, 500 do
+  local part = {unpack(ids, start, math.min(start + 499, #ids))}
+  local holders = redis.call('HMGET', claims, unpack(part))
+  for i, id in ipairs(part) do
+    if claim_owned(holders[i], worker) then redis.call('HDEL', claims, id) end
+  end
+end
+if claim_owned(redis.call('GET', probe), worker) then redis.call('DEL', probe) end
 redis.call('DEL', held, landing, worker_info)
 redis.call('ZREM', workers, worker)
 return n

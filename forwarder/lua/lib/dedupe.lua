@@ -1,19 +1,47 @@
--- The dedupe window: ids Distinct accepted, one set per hour, a member looked
--- for in every hour the window touches (so the window is ttl to ttl + 1 h).
--- member: 16 bytes for a UUID id (forwarder.store.dedupe_member).
+-- The dedupe window: ids Distinct accepted, one set per 6 hours of delivery
+-- (`prefix .. n`, n = floor(t / 21600)), each set expiring `ttl` after its last
+-- 6 hours, so an id is remembered ttl to ttl + 6 h after its delivery. Any id
+-- may come back with any first_seen (an idempotency key re-sent a day later,
+-- a replay), so a lookup must see the whole window: 5 sets for 24 h, each
+-- looked up for a whole chunk of ids with one SMISMEMBER. Each id lookup is a
+-- probe into a large hash table, the bulk of what admitting an event costs
+-- Redis: 6-hour sets need 5 where hourly ones needed 25, for the same 16 bytes
+-- per id (benchmarks/redis_cost.py). member: 16 bytes for a UUID id
+-- (forwarder.store.dedupe_member).
+--
+-- 0.1 kept one set per hour (`legacy_prefix .. hour`): while any of those is
+-- left (ttl + 1 h after the last 0.1 worker stopped), lookups also walk them,
+-- after one EXISTS has found that there are some. Remove in 0.3.
 
--- was_delivered(prefix, member, t, ttl): whether the id is in the window at time t.
-local function was_delivered(prefix, member, t, ttl)
-  local hour = math.floor(t / 3600)
-  for h = hour - math.ceil(ttl / 3600), hour do
-    if redis.call('SISMEMBER', prefix .. h, member) == 1 then return true end
+local DEDUPE_SPAN_SECONDS = 21600
+
+-- delivered_among(prefix, legacy_prefix, members, t, ttl): one boolean per
+-- member, true if that id is in the window at time t.
+local function delivered_among(prefix, legacy_prefix, members, t, ttl)
+  local found = {}
+  for i = 1, #members do found[i] = false end
+  if #members == 0 then return found end
+  local function look_in(key)
+    local flags = redis.call('SMISMEMBER', key, unpack(members))
+    for i = 1, #members do
+      if flags[i] == 1 then found[i] = true end
+    end
   end
-  return false
+  local span = math.floor(t / DEDUPE_SPAN_SECONDS)
+  for n = span - math.ceil(ttl / DEDUPE_SPAN_SECONDS), span do look_in(prefix .. n) end
+  local hour, legacy = math.floor(t / 3600), {}
+  for h = hour - math.ceil(ttl / 3600), hour do legacy[#legacy + 1] = legacy_prefix .. h end
+  if redis.call('EXISTS', unpack(legacy)) > 0 then
+    for _, key in ipairs(legacy) do look_in(key) end
+  end
+  return found
 end
 
--- remember_delivered(prefix, member, t, ttl): add the id to the current hour.
-local function remember_delivered(prefix, member, t, ttl)
-  local hour = math.floor(t / 3600)
-  redis.call('SADD', prefix .. hour, member)
-  redis.call('EXPIREAT', prefix .. hour, (hour + 1) * 3600 + math.ceil(ttl))
+-- remember_delivered(prefix, members, t, ttl): add the ids to the current set,
+-- in one SADD.
+local function remember_delivered(prefix, members, t, ttl)
+  if #members == 0 then return end
+  local span = math.floor(t / DEDUPE_SPAN_SECONDS)
+  redis.call('SADD', prefix .. span, unpack(members))
+  redis.call('EXPIREAT', prefix .. span, (span + 1) * DEDUPE_SPAN_SECONDS + math.ceil(ttl))
 end

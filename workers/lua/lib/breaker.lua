@@ -1,15 +1,31 @@
--- The shared circuit breaker's update after one answer from Distinct (or a
--- failure to get one), run inside finish.lua so an outcome and its effect on
--- the breaker are one atomic step.
---
--- breaker_record(breaker, probe, window_prefix, t, signal, token, policy, reason)
+-- The shared circuit breaker's updates from Distinct's answers, run inside
+-- finish.lua so outcomes and their effect on the breaker are one atomic step.
 --   breaker        hash: state, reason, opened_at, open_until, cooldown, consecutive...
 --   probe          string: the token of the one request allowed while half-open
 --   window_prefix  hashes of ok/fail counts, one per tenth of the window
---   signal         'ok' (Distinct answered), 'fail' (transient), 'auth' (deployment)
 --   policy         {consecutive, min_requests, ratio, window, cooldown_min, cooldown_max}
--- Returns 'opened', 'reopened', 'closed' or ''.
-local function breaker_record(breaker, probe, window_prefix, t, signal, token, policy, reason)
+-- Both return 'opened', 'reopened', 'closed' or ''.
+
+-- breaker_ok(breaker, probe, window_prefix, t, n, window): n answers from Distinct
+-- (delivered or rejected events): counted, the run of failures ended, and an
+-- open breaker closed (its probe, or a request sent before it opened, got through).
+local function breaker_ok(breaker, probe, window_prefix, t, n, window)
+  local counts = window_prefix .. math.floor(t / (window / 10))
+  redis.call('HINCRBY', counts, 'ok', n)
+  redis.call('EXPIRE', counts, math.ceil(window * 2))
+  redis.call('HSET', breaker, 'consecutive', 0)
+  if redis.call('HGET', breaker, 'state') == 'open' then
+    redis.call('HSET', breaker, 'state', 'closed', 'closed_at', tostring(t), 'cooldown', 0,
+               'reason', '')
+    redis.call('DEL', probe)
+    return 'closed'
+  end
+  return ''
+end
+
+-- breaker_failure(breaker, probe, window_prefix, t, signal, token, policy, reason):
+-- one failure ('fail': transient; 'auth': the deployment's, e.g. 401/403).
+local function breaker_failure(breaker, probe, window_prefix, t, signal, token, policy, reason)
   local consecutive_limit, min_requests = tonumber(policy[1]), tonumber(policy[2])
   local ratio, window = tonumber(policy[3]), tonumber(policy[4])
   local cooldown_min, cooldown_max = tonumber(policy[5]), tonumber(policy[6])
@@ -17,18 +33,6 @@ local function breaker_record(breaker, probe, window_prefix, t, signal, token, p
   local counts = window_prefix .. bucket
   local state = redis.call('HGET', breaker, 'state') or 'closed'
   local is_probe = token ~= '' and redis.call('GET', probe) == token
-  if signal == 'ok' then
-    redis.call('HINCRBY', counts, 'ok', 1)
-    redis.call('EXPIRE', counts, math.ceil(window * 2))
-    redis.call('HSET', breaker, 'consecutive', 0)
-    if state == 'open' then
-      redis.call('HSET', breaker, 'state', 'closed', 'closed_at', tostring(t), 'cooldown', 0,
-                 'reason', '')
-      redis.call('DEL', probe)
-      return 'closed'
-    end
-    return ''
-  end
   redis.call('HINCRBY', counts, 'fail', 1)
   redis.call('EXPIRE', counts, math.ceil(window * 2))
   local consecutive = redis.call('HINCRBY', breaker, 'consecutive', 1)
