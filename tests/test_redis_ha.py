@@ -24,7 +24,13 @@ import redis
 from forwarder import Forwarder
 from forwarder.config import Settings, parse_sentinel_url
 from forwarder.errors import ConfigError
-from forwarder.redis_server import RedisServer, find_redis_server, free_port, supports_tls
+from forwarder.redis_server import (
+    RedisServer,
+    binary_version,
+    find_redis_server,
+    free_port,
+    supports_tls,
+)
 from forwarder.sandbox import Sandbox
 from forwarder.store import Store, connect
 from tests.conftest import capture_event, wait_until
@@ -79,7 +85,10 @@ def sentinel_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     """A master, a replica and one sentinel; yields the sentinel:// URL and the parts."""
     workdir = tmp_path_factory.mktemp("sentinel")
     # No waiting for replicas at SIGTERM: these servers are thrown away.
-    quick = ["--save", "", "--appendonly", "no", "--shutdown-timeout", "0"]
+    quick = ["--save", "", "--appendonly", "no"]
+    binary = find_redis_server()
+    if binary and binary_version(binary).split(".")[0] not in ("6", "?"):
+        quick += ["--shutdown-timeout", "0"]  # a Redis 7 option
     master = RedisServer(extra_args=quick).start()
     replica = RedisServer(extra_args=[*quick, "--replicaof", "127.0.0.1",
                                       str(master.port)]).start()
