@@ -26,7 +26,7 @@ DLQ_REASON_PREFIX = "dlq:reason:"
 DEDUPE_PREFIX = "dedupe:"
 #: Hash of claims: event id -> ``{worker}|{token}|{until}`` while one worker
 #: holds the right to POST it (workers/lua/lib/claims.lua).
-CLAIMS = "claims"
+INFLIGHT_PREFIX = "inflight:"
 #: Hash: the shared circuit breaker (state, reason, open_until, cooldown...).
 BREAKER = "breaker"
 #: String held by the one worker sending the half-open breaker's probe.

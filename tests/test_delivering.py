@@ -61,7 +61,7 @@ def _held(owner: Any) -> int:
 
 def _inflight_keys(store: Store) -> list[Any]:
     """Claims still held (past their time or not)."""
-    return list(store.client.hkeys(f"{store.namespace}:claims"))
+    return list(store.client.scan_iter(match=f"{store.namespace}:inflight:*"))
 
 
 def test_a_chunk_stops_at_its_first_failure_and_sends_the_rest_afterwards(

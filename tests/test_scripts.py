@@ -185,9 +185,9 @@ def test_requeue_worker_brings_back_a_silent_workers_events_and_claims(store):
     assert [w.id for w in store.workers()] == ["live-1"]
     assert not store.client.exists(dead.held_key, dead.landing_key, dead.info_key)
     # Its claim is gone, so the event is sent again now; another worker's stays.
-    claims = f"{store.namespace}:claims"
-    assert not store.client.hexists(claims, first_id)
-    assert store.client.hexists(claims, "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d10")
+    claim = f"{store.namespace}:inflight:"
+    assert not store.client.exists(claim + first_id)
+    assert store.client.exists(claim + "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d10")
 
 
 # --- finish (workers/outcomes.py) ------------------------------------------------------------
@@ -231,10 +231,10 @@ def test_finish_releases_only_its_own_claim(store):
     time.sleep(0.1)  # expired, and another worker claimed it since
     assert gate.admit_many([event_id], "theirs", 5)[0].state == "claimed"
     store_outcomes(store, [Finish("b:1", event_id, "retried", item(1), 10.0)], token="mine")
-    claims = f"{store.namespace}:claims"
-    assert store.client.hget(claims, event_id).startswith(b"theirs|")
+    claim = f"{store.namespace}:inflight:{event_id}"
+    assert store.client.get(claim) == b"theirs"
     store_outcomes(store, [Finish("b:2", event_id, "released")], token="theirs")
-    assert not store.client.hexists(claims, event_id)
+    assert not store.client.exists(claim)
     assert store.client.hexists(held_key(store), "b:2")  # released: still held
 
 
@@ -258,7 +258,7 @@ def test_breaker_consecutive_failures_open_it_and_nothing_is_admitted(store):
     assert state.state == "open" and state.reason == "transient"
     admission = Gate(store.client, store.namespace).admit_many(["e1"], "t1", 5)[0]
     assert admission.state == "open" and 0 < admission.wait <= 0.3
-    assert not store.client.hexists(f"{store.namespace}:claims", "e1")
+    assert not store.client.exists(f"{store.namespace}:inflight:e1")
 
 
 def test_breaker_a_success_resets_the_consecutive_count(store):
@@ -334,7 +334,7 @@ def test_admit_claim_states(store):
     store_outcomes(store, [Finish("b:1", event_id, "delivered", dedupe_member(event_id))],
                    token="t1")
     assert gate.admit_many([event_id], "t3", 5)[0].state == "delivered"
-    assert not store.client.hexists(f"{store.namespace}:claims", event_id)
+    assert not store.client.exists(f"{store.namespace}:inflight:{event_id}")
 
 
 def test_admit_the_same_id_twice_in_one_chunk_claims_it_once(store):
@@ -358,15 +358,16 @@ def test_admit_rate_limit_reserves_evenly_spaced_slots(store):
         assert abs(wait - n / 20) < 0.05
 
 
-def test_claims_past_their_time_are_free_and_swept(store):
+def test_claims_past_their_time_are_free_and_gone(store):
     gate = Gate(store.client, store.namespace)
-    assert gate.admit_many(["a", "b"], "w|t1", 0.05)[0].state == "claimed"
+    assert [a.state for a in gate.admit_many(["a", "b"], "w|t1", 0.05)] == ["claimed"] * 2
     assert gate.admit_many(["c"], "w|t2", 60)[0].state == "claimed"
+    assert gate.admit_many(["a", "c"], "w|t3", 60)[0].state == "busy"
     time.sleep(0.1)
     assert gate.admit_many(["a"], "w|t3", 60)[0].state == "claimed"  # free again
-    holding = Holding(store.client, store.namespace, "w")
-    assert holding.sweep_claims() == 1  # "b": past its time, never released (via "sweep_claims")
-    assert sorted(store.client.hkeys(f"{store.namespace}:claims")) == [b"a", b"c"]
+    # "b" was never released: its key went by itself.
+    assert sorted(store.client.keys(f"{store.namespace}:inflight:*")) == [
+        f"{store.namespace}:inflight:a".encode(), f"{store.namespace}:inflight:c".encode()]
 
 
 def test_a_group_of_outcomes_from_several_chunks_is_one_call(store):
@@ -390,7 +391,7 @@ def test_a_group_of_outcomes_from_several_chunks_is_one_call(store):
         thread.join(10)
     assert all(store.is_delivered(i) for i in ids)
     assert store.client.hlen(held_key(store)) == 0
-    assert not store.client.exists(f"{store.namespace}:claims")  # each released by its token
+    assert not store.client.keys(f"{store.namespace}:inflight:*")  # each released by its token
     assert 1 <= group.calls < 40  # threads waiting together shared calls
 
 

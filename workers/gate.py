@@ -68,7 +68,7 @@ class Gate:
         k = lambda name: C.key(namespace, name)  # noqa: E731
         self.keys = {"dedupe_prefix": k(C.DEDUPE_PREFIX),
                      "legacy_dedupe_prefix": k(C.LEGACY_DEDUPE_PREFIX),
-                     "claims": k(C.CLAIMS), "breaker": k(C.BREAKER),
+                     "claim_prefix": k(C.INFLIGHT_PREFIX), "breaker": k(C.BREAKER),
                      "probe": k(C.BREAKER_PROBE), "rate": k(C.RATE)}
 
     def admit_many(self, event_ids: list[str], token: str,

@@ -28,7 +28,6 @@ _TAKE = script("take", "workers")
 _REQUEUE_HELD = script("requeue_held", "workers")
 _REQUEUE_WORKER = script("requeue_worker", "workers")
 _BEAT = script("beat", "workers")
-_SWEEP_CLAIMS = script("sweep_claims", "workers")
 
 
 def new_worker_id() -> str:
@@ -58,7 +57,7 @@ class Holding:
         k = lambda name: C.key(namespace, name)  # noqa: E731
         self.queue_key = k(C.QUEUE)
         self.workers_key = k(C.WORKERS)
-        self.claims_key = k(C.CLAIMS)
+        self.claim_prefix = k(C.INFLIGHT_PREFIX)
         self.probe_key = k(C.BREAKER_PROBE)
         self.held_key = self.held_key_of(worker)
         self.landing_key = k(C.LANDING_PREFIX + worker)
@@ -127,12 +126,8 @@ class Holding:
         return int(_REQUEUE_WORKER(
             self.client, workers=self.workers_key, worker_info=k(C.WORKER_INFO_PREFIX + worker),
             held=self.held_key_of(worker), landing=k(C.LANDING_PREFIX + worker),
-            queue=self.queue_key, claims=self.claims_key, probe=self.probe_key,
+            queue=self.queue_key, claim_prefix=self.claim_prefix, probe=self.probe_key,
             worker=worker, silent_for="" if silent_for is None else silent_for))
-
-    def sweep_claims(self) -> int:
-        """Drop claims past their time (see sweep_claims.lua); returns how many."""
-        return int(_SWEEP_CLAIMS(self.client, claims=self.claims_key))
 
     def claim_token(self) -> str:
         """A claim token of this worker: ``{worker}|{random}``, released if it dies."""

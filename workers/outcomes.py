@@ -66,7 +66,7 @@ class Outcomes:
         k = lambda name: C.key(namespace, name)  # noqa: E731
         self.client = client
         self.keys = {
-            "held": held_key, "claims": k(C.CLAIMS),
+            "held": held_key, "claim_prefix": k(C.INFLIGHT_PREFIX),
             "stats_prefix": k(C.STATS_PREFIX), "dedupe_prefix": k(C.DEDUPE_PREFIX),
             "retry": k(C.RETRY_SET), "dlq": k(C.DLQ_ENTRIES), "dlq_index": k(C.DLQ_INDEX),
             "dlq_reason_prefix": k(C.DLQ_REASON_PREFIX), "breaker": k(C.BREAKER),

@@ -68,8 +68,7 @@ class WorkerRuntime:
                                      self._publish, settings.concurrency + READY_BATCHES_MIN)
         self.heartbeat = Heartbeat(
             self.holding, self._info, self._declared_dead, on_recovered=self._forget_queue_of,
-            extra_sweeps=[self.holding.sweep_claims,
-                          lambda: drain_legacy(client, settings.namespace)],
+            extra_sweeps=[lambda: drain_legacy(client, settings.namespace)],
             dead_after=settings.worker_timeout)
         self.promoter = RetryPromoter(self.store, dlq_ttl=settings.dlq_ttl)
         self._started = False

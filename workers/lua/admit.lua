@@ -11,9 +11,9 @@
 -- Once one event is refused for the breaker or the rate, every later one gets
 -- the same answer; once one holds the probe, the rest wait for its verdict.
 -- The chunk costs one SMISMEMBER per set of the dedupe window (5 for 24 h),
--- one HMGET and one HSET of claims, one read of the breaker and at most one
--- write of the rate.
---! KEYS dedupe_prefix legacy_dedupe_prefix claims breaker probe rate
+-- one MGET of claims and a SET per claim, one read of the breaker and at most
+-- one write of the rate.
+--! KEYS dedupe_prefix legacy_dedupe_prefix claim_prefix breaker probe rate
 --! ARGV token claim_ms rate_per_s max_wait dedupe_ttl
 --! ARGV* events
 --! include lib/now.lua
@@ -31,16 +31,15 @@ local out = {}
 if #ids == 0 then return out end
 local delivered = delivered_among(dedupe_prefix, legacy_dedupe_prefix, members, t,
                                   tonumber(dedupe_ttl))
-local holders = redis.call('HMGET', claims, unpack(ids))
+local holders = redis.call('MGET', unpack(claim_keys(claim_prefix, ids)))
 local state = redis.call('HMGET', breaker, 'state', 'open_until')
-local claimed, taken = {}, {}  -- taken: ids claimed earlier in this chunk
+local taken = {}  -- ids claimed earlier in this chunk
 local blocked = nil
 local tat, tat_changed = nil, false
-local claim_value = token .. '|' .. tostring(t + claim_for / 1000)
 for i = 1, #ids do
   local reply = nil
   if delivered[i] then reply = 'delivered'
-  elseif taken[ids[i]] or not claim_free(holders[i], t) then reply = 'busy'
+  elseif taken[ids[i]] or holders[i] then reply = 'busy'
   elseif blocked then reply = blocked
   else
     local is_probe = 0
@@ -70,8 +69,7 @@ for i = 1, #ids do
     if blocked then
       reply = blocked
     else
-      claimed[#claimed + 1] = ids[i]
-      claimed[#claimed + 1] = claim_value
+      redis.call('SET', claim_prefix .. ids[i], token, 'PX', claim_for)
       taken[ids[i]] = true
       if is_probe == 1 then
         reply = 'probe ' .. tostring(wait)
@@ -83,7 +81,6 @@ for i = 1, #ids do
   end
   out[#out + 1] = reply
 end
-if #claimed > 0 then redis.call('HSET', claims, unpack(claimed)) end
 if tat_changed then
   redis.call('SET', rate, tostring(tat), 'PX', math.ceil((tat - t) * 1000) + 1000)
 end

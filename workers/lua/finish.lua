@@ -13,7 +13,7 @@
 -- an outcome. (Whether an event is still held is HDEL's answer, so its payload
 -- never crosses into Lua.) Returns the breaker's changes as (position of the
 -- outcome that caused it, 'opened', 'reopened' or 'closed') pairs, mostly none.
---! KEYS held claims stats_prefix dedupe_prefix retry dlq dlq_index dlq_reason_prefix breaker probe window_prefix
+--! KEYS held claim_prefix stats_prefix dedupe_prefix retry dlq dlq_index dlq_reason_prefix breaker probe window_prefix
 --! ARGV dedupe_ttl consecutive min_requests ratio window cooldown_min cooldown_max
 --! ARGV* outcomes
 --! include lib/now.lua
@@ -31,7 +31,7 @@ local policy = {consecutive, min_requests, ratio, window, cooldown_min, cooldown
 local n = #outcomes / 9
 local ids = {}
 for k = 1, n do ids[k] = outcomes[9 * k - 6] end
-local holders = redis.call('HMGET', claims, unpack(ids))
+local holders = redis.call('MGET', unpack(claim_keys(claim_prefix, ids)))
 local drop_claims, members, counts = {}, {}, {}
 local changes = {}
 local oks, last_ok = 0, 0
@@ -47,7 +47,7 @@ for k = 1, n do
   local token, field, id, outcome, payload, score, dlq_reason, signal, breaker_reason =
     unpack(outcomes, i, i + 8)
   if token ~= '' and claim_owned(holders[k], token) then
-    drop_claims[#drop_claims + 1] = id
+    drop_claims[#drop_claims + 1] = claim_prefix .. id
     holders[k] = false
   end
   if outcome == 'released' then
@@ -74,7 +74,7 @@ for k = 1, n do
   end
 end
 flush_oks()
-if #drop_claims > 0 then redis.call('HDEL', claims, unpack(drop_claims)) end
+if #drop_claims > 0 then redis.call('DEL', unpack(drop_claims)) end
 remember_delivered(dedupe_prefix, members, t, tonumber(dedupe_ttl))
 local stats = stats_prefix .. math.floor(t / 60)
 local counted = false

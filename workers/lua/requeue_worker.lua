@@ -5,7 +5,7 @@
 -- the breaker's probe are released too, so they are sent again now rather
 -- than when the claims expire. Returns how many events were requeued, or -1
 -- if W is alive after all.
---! KEYS workers worker_info held landing queue claims probe
+--! KEYS workers worker_info held landing queue claim_prefix probe
 --! ARGV worker silent_for
 --! include lib/now.lua
 --! include lib/requeue.lua
@@ -30,9 +30,10 @@ for _, item in ipairs(redis.call('HVALS', held)) do
 end
 for start = 1, #ids, 500 do
   local part = {unpack(ids, start, math.min(start + 499, #ids))}
-  local holders = redis.call('HMGET', claims, unpack(part))
-  for i, id in ipairs(part) do
-    if claim_owned(holders[i], worker) then redis.call('HDEL', claims, id) end
+  local keys = claim_keys(claim_prefix, part)
+  local holders = redis.call('MGET', unpack(keys))
+  for i, key in ipairs(keys) do
+    if claim_owned(holders[i], worker) then redis.call('DEL', key) end
   end
 end
 if claim_owned(redis.call('GET', probe), worker) then redis.call('DEL', probe) end
