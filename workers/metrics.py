@@ -26,6 +26,13 @@ CAPTURE_TO_DELIVERY = Histogram(
 )
 QUEUE_DEPTH = Gauge("distinct_forwarder_queue_depth", "Messages waiting in the queue.")
 RETRY_DEPTH = Gauge("distinct_forwarder_retry_depth", "Events waiting in the retry set.")
+#: What autoscaling adds to the queue length (deploy/kubernetes: KEDA): retries
+#: whose time has come wait only for the breaker to let them back in the queue.
+RETRY_DUE = Gauge("distinct_forwarder_retry_due", "Retries due now (Redis clock).")
+#: For the queue-age alert (deploy/prometheus/alerts.yml).
+QUEUE_OLDEST_AGE = Gauge("distinct_forwarder_queue_oldest_age_seconds",
+                         "Seconds since the next event out of the queue was captured; "
+                         "0 when the queue is empty.")
 DLQ_DEPTH = Gauge("distinct_forwarder_dlq_depth", "Entries in the dead-letter queue.")
 BREAKER_OPEN = Gauge("distinct_forwarder_breaker_open", "1 while the circuit breaker is open.")
 

@@ -23,6 +23,7 @@ from forwarder.constants import (
     RAMP_START,
     RAMP_STEP_SECONDS,
 )
+from forwarder.messages import MalformedEvent, parse_event
 from forwarder.scripts import script
 from forwarder.store import Store
 from workers import metrics
@@ -34,6 +35,16 @@ log = logging.getLogger("distinct_forwarder.promoter")
 GAUGE_INTERVAL_SECONDS = 5.0
 #: How often DLQ retention runs.
 RETENTION_INTERVAL_SECONDS = 60.0
+
+
+def age_since_capture(raw: str | None, now: float) -> float:
+    """Seconds since a queued event was captured (0 for none, or one unreadable)."""
+    if raw is None:
+        return 0.0
+    try:
+        return max(0.0, now - parse_event(raw)["first_seen"])
+    except MalformedEvent:
+        return 0.0
 
 
 class RetryPromoter:
@@ -101,6 +112,10 @@ class RetryPromoter:
             self._next_gauges = now + GAUGE_INTERVAL_SECONDS
             metrics.QUEUE_DEPTH.set(self.store.queue_depth())
             metrics.RETRY_DEPTH.set(self.store.retry_depth())
+            seconds, micros = self.store.client.time()  # the retry set's clock
+            metrics.RETRY_DUE.set(self.store.retry_due(seconds + micros / 1e6))
+            metrics.QUEUE_OLDEST_AGE.set(age_since_capture(self.store.oldest_queued(),
+                                                           self.clock()))
             metrics.DLQ_DEPTH.set(self.store.dlq_depth())
             metrics.BREAKER_OPEN.set(1 if self.store.breaker().state == "open" else 0)
         if self.dlq_ttl and now >= self._next_retention:

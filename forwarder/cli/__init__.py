@@ -10,6 +10,7 @@ from forwarder.cli import (  # noqa: F401  (registers commands)
     dev,
     dlq,
     events,
+    health,
     ops,
     relay,
     spool,
