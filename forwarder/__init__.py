@@ -21,7 +21,7 @@ from forwarder.producer import (
 )
 from forwarder.schemas import CaptureEvent, UserAnalyticsEvent
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CaptureEvent",

@@ -219,7 +219,7 @@ def test_build_stage_commands_make_a_venv_that_runs(tmp_path: Path,
     cli = venv / "bin" / "distinct-forwarder"
     version = subprocess.run([str(cli), "--version"], capture_output=True, text=True,
                              timeout=60, env={"PATH": str(venv / "bin")})
-    assert version.returncode == 0 and "0.1.0" in version.stdout, version.stderr
+    assert version.returncode == 0 and "0.2.0" in version.stdout, version.stderr
     check = subprocess.run([str(venv / "bin" / "pip"), "check"], capture_output=True,
                            text=True, timeout=120)
     assert check.returncode == 0, check.stdout

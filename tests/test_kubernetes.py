@@ -161,7 +161,7 @@ def test_rendered_overlay_is_valid(example: list[Obj]) -> None:
         if obj["kind"] in NAMESPACED:
             assert obj["metadata"]["namespace"] == "distinct-forwarder"
     assert {c["image"] for c in containers(example)} == {
-        "registry.example.com/distinct-forwarder:0.1.0", "redis:7"}
+        "registry.example.com/distinct-forwarder:0.2.0", "redis:7"}
     assert find(example, "ScaledObject", "distinct-forwarder-worker")["spec"][
         "maxReplicaCount"] == 4
 
