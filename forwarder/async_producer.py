@@ -152,6 +152,8 @@ class AsyncForwarder:
 
     async def _push(self, items: list[str]) -> None:
         # forwarder.enqueue.SpoolingEnqueuer.push, with the blocking steps off the loop.
+        if not items:
+            return  # capture_many([]): an LPUSH needs at least one item (Store.enqueue)
         state = self._enqueuer
         now = time.monotonic()
         if state.redis_allowed(now):
