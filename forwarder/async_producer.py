@@ -42,10 +42,12 @@ from forwarder.producer import RETRY_ON, encode_many, encode_one
 from forwarder.spool import Spool
 from forwarder.store import Store, connect, connect_async
 
-if sys.version_info >= (3, 11):
+# As redis.asyncio itself chooses: asyncio.timeout before 3.11.3 mishandles a
+# cancellation (redis-py issue 2633); redis-py requires async-timeout there.
+if sys.version_info >= (3, 11) and sys.version_info >= (3, 11, 3):
     from asyncio import timeout as _deadline
-else:  # pragma: no cover - Python 3.10
-    from async_timeout import timeout as _deadline
+else:  # pragma: no cover - Python 3.10 to 3.11.2
+    from async_timeout import timeout as _deadline  # type: ignore[no-redef]
 
 
 class AsyncForwarder:
