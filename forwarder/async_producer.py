@@ -67,7 +67,8 @@ class AsyncForwarder:
         )
         # A blocking client too: the spool's drain runs in a thread and moves
         # rows with a Lua script (forwarder/spool.py). It opens no connection
-        # until the spool has rows to move.
+        # until the spool has rows to move. (``store`` is for that thread and for
+        # tools and tests outside the loop; a coroutine must not call it.)
         self.store = Store(connect(self.settings.redis_url,
                                    timeout=self.settings.enqueue_timeout, retry_on=RETRY_ON),
                            self.settings.namespace)
