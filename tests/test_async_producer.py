@@ -408,7 +408,8 @@ def test_a_frozen_redis_never_blocks_the_loop_as_the_sync_capture_does():
     blocking = measure("frozen", "capture() in async def", 2.5, 40, enqueue_timeout=timeout)
     assert mine.errors == blocking.errors == []
     assert len(mine.latencies) == len(blocking.latencies) == 100
-    assert max(blocking.lags) >= timeout, "the blocking LPUSH held the loop"
+    # The ticker's lag is its sleep's overrun: a 1 s block shows as a little under 1 s.
+    assert max(blocking.lags) >= 0.9 * timeout, "the blocking LPUSH held the loop"
     assert max(mine.lags) < timeout, f"a tick waited {max(mine.lags):.3f} s"
     print(f"longest tick: {max(mine.lags) * 1000:.1f} ms with await capture(), "
           f"{max(blocking.lags) * 1000:.1f} ms with capture() in async def")
