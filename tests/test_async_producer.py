@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,9 +38,10 @@ T = TypeVar("T")
 
 @pytest.fixture
 def settings(redis_url: str, namespace: str, tmp_path: Path) -> Settings:
-    """conftest's settings, with a spool of the test's own."""
+    """conftest's settings, with a spool of the test's own and a timeout a loaded
+    machine never reaches (a timed-out LPUSH spools the event: not what these test)."""
     return Settings(redis_url=redis_url, namespace=namespace, experience="fifa-cwc-2025",
-                    spool_path=str(tmp_path / "spool.db"))
+                    spool_path=str(tmp_path / "spool.db"), enqueue_timeout=5.0)
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -112,7 +112,7 @@ def pair(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     namespace = f"test-{uuid.uuid4().hex[:10]}"
     spool = tmp_path_factory.mktemp("spool") / "s.db"
     both = Pair(Settings(redis_url=redis_url, namespace=namespace, experience="fifa-cwc-2025",
-                         spool_path=str(spool)))
+                         spool_path=str(spool), enqueue_timeout=5.0))
     yield both
     both.loop.run_until_complete(both.async_.aclose())
     both.loop.close()
@@ -315,9 +315,7 @@ def test_spool_takes_captures_while_redis_is_stopped_and_drains_once_back(tmp_pa
 
 # --- several loops, a fork, aclose ---------------------------------------------------
 def test_one_instance_serves_several_loops_in_threads(settings, store):
-    # 200 connections opened at once on 2 loaded cores can take longer than the
-    # default 250 ms; those events would be spooled (and are drained below).
-    fwd = AsyncForwarder(settings=replace(settings, enqueue_timeout=5.0))
+    fwd = AsyncForwarder(settings=settings)
     together = threading.Barrier(4)
 
     def thread(t: int) -> list[str]:
@@ -334,7 +332,7 @@ def test_one_instance_serves_several_loops_in_threads(settings, store):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(thread, range(4)))
     assert fwd.spool is not None
-    drain(fwd.spool, store)
+    drain(fwd.spool, store)  # in case opening 200 connections at once took 5 s
     events = queued(store)
     assert sorted(e["id"] for e in events) == sorted(i for ids in results for i in ids)
     assert len({e["id"] for e in events}) == 4 * 70
