@@ -4,6 +4,7 @@
 starts no thread.
 """
 
+from forwarder.async_producer import AsyncForwarder
 from forwarder.config import Settings
 from forwarder.errors import (
     ConfigError,
@@ -24,6 +25,7 @@ from forwarder.schemas import CaptureEvent, UserAnalyticsEvent
 __version__ = "0.2.0"
 
 __all__ = [
+    "AsyncForwarder",
     "CaptureEvent",
     "ConfigError",
     "EnqueueError",

@@ -32,7 +32,13 @@ BACKOFF_CAP = 5.0
 
 
 class SpoolingEnqueuer:
-    """The producer's LPUSH with the spool behind it, and the back-off state."""
+    """The producer's LPUSH with the spool behind it, and the back-off state.
+
+    :meth:`push` is the blocking producer's whole enqueue. The asyncio
+    producer (forwarder/async_producer.py) runs the same steps, awaiting its
+    own LPUSH and running :meth:`to_spool` and :meth:`drain_some` in a thread:
+    :meth:`redis_allowed`, then :meth:`redis_failed` or :meth:`redis_answered`.
+    """
 
     def __init__(self, store: Store, spool: Spool | None, redis_url: str):
         self.store = store
@@ -48,27 +54,43 @@ class SpoolingEnqueuer:
 
     def push(self, items: list[str]) -> None:
         now = time.monotonic()
-        if self.spool is None:
+        if self.redis_allowed(now):
             try:
                 self.store.enqueue(items)
             except redis.RedisError as exc:
-                raise EnqueueError(redis_error_text(exc, self.redis_url)) from None
-            return
-        if now < self._skip_until:
-            self._to_spool(items)
-            return
-        try:
-            self.store.enqueue(items)
-        except redis.RedisError as exc:
-            self._failed(now, exc)
-            self._to_spool(items)
-            return
+                self.redis_failed(now, exc)
+            else:
+                if self.redis_answered(now):
+                    self.drain_some()
+                return
+        self.to_spool(items)
+
+    # --- the steps, shared with the asyncio producer -------------------------------
+    def redis_allowed(self, now: float) -> bool:
+        """Whether to try the LPUSH; False in the short back-off after a failure."""
+        return self.spool is None or now >= self._skip_until
+
+    def redis_failed(self, now: float, exc: Exception) -> None:
+        """The LPUSH failed: back off (the caller then spools the events), or raise
+        EnqueueError when there is no spool."""
+        if self.spool is None:
+            raise EnqueueError(redis_error_text(exc, self.redis_url)) from None
+        self._failed(now, exc)
+
+    def redis_answered(self, now: float) -> bool:
+        """The LPUSH worked; True when the caller should now call :meth:`drain_some`."""
+        if self.spool is None:
+            return False
         if self._backoff:
             log.warning("Redis answers again; draining the spool %s", self.spool.path)
             self._backoff = 0.0
             self._next_check = 0.0
-        if now >= self._next_check:
-            self.drain_some()
+        if now < self._next_check:
+            return False
+        # Concurrent callers (an event loop's tasks) leave the look to this one;
+        # drain_some sets the next look when it is done.
+        self._next_check = now + CHECK_INTERVAL
+        return True
 
     def _failed(self, now: float, exc: Exception) -> None:
         first = self._backoff == 0.0
@@ -79,7 +101,8 @@ class SpoolingEnqueuer:
             log.warning("%s; spooling captures to %s", self._last_error,
                         self.spool.path if self.spool else "-")
 
-    def _to_spool(self, items: list[str]) -> None:
+    def to_spool(self, items: list[str]) -> None:
+        """Store the events in the spool (fsynced), or raise SpoolFull / EnqueueError."""
         assert self.spool is not None
         try:
             self.spool.put(items, self.store.namespace)
@@ -94,7 +117,8 @@ class SpoolingEnqueuer:
         self._next_check = 0.0
 
     def drain_some(self) -> None:
-        """Bounded drain on a capture() call; never raises."""
+        """Bounded drain on a capture() call (blocking: the asyncio producer runs
+        it in a thread); never raises."""
         assert self.spool is not None
         if not self._drain_lock.acquire(blocking=False):
             return  # another thread of this process is on it

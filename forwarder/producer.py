@@ -13,17 +13,66 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from forwarder.config import Settings, is_valid_slug
 from forwarder.enqueue import SpoolingEnqueuer
 from forwarder.errors import ConfigError, InvalidEvent
 from forwarder.fastpath import fast_body
-from forwarder.messages import Kind, encode_new_events, event_id_for, random_uuid
+from forwarder.messages import Kind, encode_new_events, event_id_for
 from forwarder.spool import Spool
 from forwarder.store import Store, connect
 from forwarder.validation import validate_event
+
+# --- what both producers (this one and forwarder.async_producer) do before the LPUSH ---
+#: Retry a broken pooled connection once (fast), never a timeout: a second
+#: timeout would double capture()'s worst case.
+RETRY_ON: tuple[type[redis.RedisError], ...] = (redis.ConnectionError,)
+
+
+def _experience_for(settings: Settings, kind: Kind, experience: str | None) -> str | None:
+    if kind != "capture":
+        return None
+    return experience if experience is not None else settings.experience
+
+
+def encode_one(settings: Settings, kind: Kind, data: Any, experience: str | None,
+               idempotency_key: str | None) -> tuple[str, list[str]]:
+    """Validate one event: its id and its queue item, or InvalidEvent."""
+    experience = _experience_for(settings, kind, experience)
+    body, errors = validate_event(kind, data, experience)
+    if errors:
+        raise InvalidEvent(errors)
+    event_id = event_id_for(idempotency_key)
+    return event_id, encode_new_events(kind, experience, [event_id], [body], time.time())
+
+
+def encode_many(settings: Settings, kind: Kind, events: Iterable[Any], experience: str | None,
+                idempotency_keys: Iterable[str | None] | None) -> tuple[list[str], list[str]]:
+    """Validate every event: their ids and queue items, or InvalidEvent naming each
+    bad field with its item's index (``"3.email"``); ValueError if the keys do not
+    pair up with the events."""
+    items = list(events)
+    keys: list[str | None] = (
+        list(idempotency_keys) if idempotency_keys is not None else [None] * len(items)
+    )
+    if len(keys) != len(items):
+        raise ValueError("idempotency_keys must have one entry per event")
+    experience = _experience_for(settings, kind, experience)
+    bodies: list[dict[str, Any]] = []
+    errors: dict[str, list[str]] = {}
+    # The common case (every event valid, a valid slug) in a tight loop;
+    # anything else goes through validate_event for its field errors.
+    fast = kind != "capture" or (isinstance(experience, str) and is_valid_slug(experience))
+    for index, data in enumerate(items):
+        body = fast_body(kind, data) if fast and not errors else None
+        if body is None:
+            body, item_errors = validate_event(kind, data, experience, prefix=str(index))
+            errors.update(item_errors)
+        bodies.append(body)
+    if errors:
+        raise InvalidEvent(errors)
+    ids = [event_id_for(key) for key in keys]
+    return ids, encode_new_events(kind, experience, ids, bodies, time.time())
 
 
 class Forwarder:
@@ -42,13 +91,9 @@ class Forwarder:
         self.settings = base.with_overrides(
             redis_url=redis_url, experience=experience, namespace=namespace
         )
-        self._client = client or connect(
-            self.settings.redis_url, timeout=self.settings.enqueue_timeout
-        )
-        if client is None:
-            # Retry a broken pooled connection once (fast), never a timeout:
-            # a second timeout would double capture()'s worst case.
-            self._client.set_retry(Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+        self._client = client or connect(self.settings.redis_url,
+                                         timeout=self.settings.enqueue_timeout,
+                                         retry_on=RETRY_ON)
         self.store = Store(self._client, self.settings.namespace)
         # Redis down or slow: the event goes to the local spool instead.
         self.spool = Spool.for_settings(self.settings)
@@ -67,13 +112,19 @@ class Forwarder:
         idempotency_key: str | None = None,
     ) -> str:
         """Validate a Capture Analytics event and enqueue it; returns its id."""
-        return self._send_one("capture", event, experience, idempotency_key)
+        event_id, items = encode_one(self.settings, "capture", event, experience,
+                                     idempotency_key)
+        self._enqueuer.push(items)
+        return event_id
 
     def user_analytics(
         self, event: Mapping[str, Any], idempotency_key: str | None = None
     ) -> str:
         """Validate a User Analytics event and enqueue it; returns its id."""
-        return self._send_one("user_analytics", event, None, idempotency_key)
+        event_id, items = encode_one(self.settings, "user_analytics", event, None,
+                                     idempotency_key)
+        self._enqueuer.push(items)
+        return event_id
 
     def capture_many(
         self,
@@ -86,13 +137,10 @@ class Forwarder:
         Nothing is enqueued if any event is invalid; error keys carry the
         item's index (``"3.email"``).
         """
-        items = list(events)
-        keys: list[str | None] = (
-            list(idempotency_keys) if idempotency_keys is not None else [None] * len(items)
-        )
-        if len(keys) != len(items):
-            raise ValueError("idempotency_keys must have one entry per event")
-        return self._send_many("capture", items, experience, keys)
+        ids, items = encode_many(self.settings, "capture", events, experience,
+                                 idempotency_keys)
+        self._enqueuer.push(items)
+        return ids
 
     def user_analytics_many(
         self,
@@ -100,55 +148,10 @@ class Forwarder:
         idempotency_keys: Iterable[str | None] | None = None,
     ) -> list[str]:
         """Like :meth:`capture_many`, for User Analytics events."""
-        items = list(events)
-        keys: list[str | None] = (
-            list(idempotency_keys) if idempotency_keys is not None else [None] * len(items)
-        )
-        if len(keys) != len(items):
-            raise ValueError("idempotency_keys must have one entry per event")
-        return self._send_many("user_analytics", items, None, keys)
-
-    # --- internals -----------------------------------------------------------
-    def _experience_for(self, kind: Kind, experience: str | None) -> str | None:
-        if kind != "capture":
-            return None
-        return experience if experience is not None else self.settings.experience
-
-    def _send_one(
-        self, kind: Kind, data: Any, experience: str | None, key: str | None
-    ) -> str:
-        experience = self._experience_for(kind, experience)
-        body, errors = validate_event(kind, data, experience)
-        if errors:
-            raise InvalidEvent(errors)
-        event_id = random_uuid() if key is None else event_id_for(key)
-        self._push(encode_new_events(kind, experience, [event_id], [body], time.time()))
-        return event_id
-
-    def _send_many(
-        self, kind: Kind, items: list[Any], experience: str | None, keys: list[str | None]
-    ) -> list[str]:
-        experience = self._experience_for(kind, experience)
-        bodies: list[dict[str, Any]] = []
-        errors: dict[str, list[str]] = {}
-        # The common case (every event valid, a valid slug) in a tight loop;
-        # anything else goes through validate_event for its field errors.
-        fast = kind != "capture" or (isinstance(experience, str) and is_valid_slug(experience))
-        for index, data in enumerate(items):
-            body = fast_body(kind, data) if fast and not errors else None
-            if body is None:
-                body, item_errors = validate_event(kind, data, experience, prefix=str(index))
-                errors.update(item_errors)
-            bodies.append(body)
-        if errors:
-            raise InvalidEvent(errors)
-        ids = [random_uuid() if key is None else event_id_for(key) for key in keys]
-        self._push(encode_new_events(kind, experience, ids, bodies, time.time()))
-        return ids
-
-    def _push(self, items: list[str]) -> None:
-        # One LPUSH; on failure (and for a short back-off after one) the spool.
+        ids, items = encode_many(self.settings, "user_analytics", events, None,
+                                 idempotency_keys)
         self._enqueuer.push(items)
+        return ids
 
 
 _default: Forwarder | None = None

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -36,12 +39,43 @@ _DLQ_IMPORT = script("dlq_import")
 _IS_DELIVERED = script("is_delivered")
 
 
+def _client_options(timeout: float | None, retry: Any,
+                    max_connections: int | None = None) -> dict[str, Any]:
+    """What every client of the forwarder is built with, blocking or asyncio."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        # A retry after a connection error also re-asks the sentinels.
+        "retry": retry,
+        "health_check_interval": 30,
+        "client_name": "distinct-forwarder",
+    }
+    if max_connections is not None:
+        options["max_connections"] = max_connections
+    return options
+
+
+def _sentinel_master(sentinel_class: Any, redis_url: str, timeout: float | None,
+                     options: dict[str, Any]) -> Any:
+    from forwarder.config import parse_sentinel_url
+
+    target = parse_sentinel_url(redis_url)
+    sentinels = sentinel_class(
+        list(target.hosts),
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+    )
+    return sentinels.master_for(target.master, db=target.db, username=target.username,
+                                password=target.password, **options)
+
+
 def connect(redis_url: str, *, timeout: float | None = None, retries: int = 1,
-            max_connections: int | None = None) -> redis.Redis:
+            max_connections: int | None = None,
+            retry_on: tuple[type[redis.RedisError], ...] | None = None) -> redis.Redis:
     """A Redis client; ``timeout`` bounds connect and every command.
 
     ``max_connections`` raises the pool's limit (redis-py's default is 100)
-    for a process with more threads than that.
+    for a process with more threads than that. ``retry_on`` narrows the errors
+    retried (by default a connection error or a timeout).
 
     ``redis://``, ``unix://`` and ``rediss://`` (TLS; ``ssl_cert_reqs``,
     ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` query parameters pass
@@ -49,29 +83,31 @@ def connect(redis_url: str, *, timeout: float | None = None, retries: int = 1,
     asks the sentinels for the current master on each (re)connection, so a
     failover needs no new configuration.
     """
-    options: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        # A retry after a connection error also re-asks the sentinels.
-        "retry": Retry(NoBackoff(), retries),
-        "health_check_interval": 30,
-        "client_name": "distinct-forwarder",
-    }
-    if max_connections is not None:
-        options["max_connections"] = max_connections
+    retry = (Retry(NoBackoff(), retries) if retry_on is None
+             else Retry(NoBackoff(), retries, retry_on))
+    options = _client_options(timeout, retry, max_connections)
     if redis_url.startswith("sentinel://"):
         from redis.sentinel import Sentinel
 
-        from forwarder.config import parse_sentinel_url
-
-        target = parse_sentinel_url(redis_url)
-        sentinels = Sentinel(
-            list(target.hosts),
-            sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
-        )
-        return sentinels.master_for(target.master, db=target.db, username=target.username,
-                                    password=target.password, **options)
+        return cast(redis.Redis, _sentinel_master(Sentinel, redis_url, timeout, options))
     return redis.Redis.from_url(redis_url, **options)
+
+
+def connect_async(redis_url: str, *, timeout: float | None = None, retries: int = 1,
+                  retry_on: tuple[type[redis.RedisError], ...] | None = None
+                  ) -> redis.asyncio.Redis:
+    """:func:`connect` for asyncio (``redis.asyncio``): the same URLs and options.
+
+    The client's connections belong to the event loop that first uses them,
+    so an asyncio program needs one client per loop.
+    """
+    retry = (AsyncRetry(NoBackoff(), retries) if retry_on is None
+             else AsyncRetry(NoBackoff(), retries, retry_on))
+    options = _client_options(timeout, retry)
+    if redis_url.startswith("sentinel://"):
+        return cast(redis.asyncio.Redis, _sentinel_master(AsyncSentinel, redis_url, timeout,
+                                                        options))
+    return redis.asyncio.Redis.from_url(redis_url, **options)
 
 
 def redis_error_text(exc: Exception, redis_url: str) -> str:

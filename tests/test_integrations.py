@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from forwarder import Forwarder
+from forwarder import AsyncForwarder, Forwarder
 from forwarder.config import Settings
 from forwarder.messages import parse_event
 from forwarder.store import Store
@@ -89,12 +89,17 @@ def test_flask_example_builds_its_forwarder_from_the_environment(
     assert [e["id"] for e in queued(store)] == [answer.get_json()["eventId"]]
 
 
-# --- FastAPI -------------------------------------------------------------------------
-def test_fastapi_example_captures_into_redis(fwd: Forwarder, store: Store) -> None:
+# --- FastAPI and Starlette: async endpoints on AsyncForwarder --------------------------
+@pytest.fixture
+def async_fwd(settings: Settings) -> AsyncForwarder:
+    return AsyncForwarder(settings=settings)
+
+
+def test_fastapi_example_captures_into_redis(async_fwd: AsyncForwarder, store: Store) -> None:
     from fastapi.testclient import TestClient
 
     module = load_example("fastapi_app")
-    module.app.dependency_overrides[module.get_forwarder] = lambda: fwd
+    module.app.dependency_overrides[module.get_forwarder] = lambda: async_fwd
     try:
         with TestClient(module.app) as client:
             answer = client.post("/photos/evt-42/views", json={"email": EMAIL})
@@ -102,6 +107,7 @@ def test_fastapi_example_captures_into_redis(fwd: Forwarder, store: Store) -> No
             bad = client.post("/photos/evt-43/views", json={"email": "not-an-email"})
             assert bad.status_code == 400
             assert "email" in bad.json()["detail"]
+            client.portal.call(async_fwd.aclose)  # on the loop the app ran on
     finally:
         module.app.dependency_overrides.clear()
     [event] = queued(store)
@@ -109,18 +115,43 @@ def test_fastapi_example_captures_into_redis(fwd: Forwarder, store: Store) -> No
     assert (event["body"]["eventValue"], event["body"]["email"]) == ("evt-42", EMAIL)
 
 
-def test_fastapi_example_default_dependency_reads_the_environment(
+def test_fastapi_example_builds_its_forwarder_from_the_environment(
     env_forwarder: None, store: Store,
 ) -> None:
     from fastapi.testclient import TestClient
 
     module = load_example("fastapi_app")
-    module.get_forwarder.cache_clear()
-    try:
-        with TestClient(module.app) as client:
-            answer = client.post("/photos/evt-8/views", json={"email": EMAIL})
-    finally:
-        module.get_forwarder.cache_clear()
+    with TestClient(module.app) as client:  # the lifespan builds it, and closes it
+        answer = client.post("/photos/evt-8/views", json={"email": EMAIL})
+        assert isinstance(module.app.state.forwarder, AsyncForwarder)
+        assert module.app.state.forwarder.settings.namespace == store.namespace
+    assert answer.status_code == 202, answer.text
+    assert [e["id"] for e in queued(store)] == [answer.json()["eventId"]]
+
+
+def test_starlette_example_captures_into_redis(async_fwd: AsyncForwarder, store: Store) -> None:
+    from starlette.testclient import TestClient
+
+    with TestClient(load_example("starlette_app").create_app(async_fwd)) as client:
+        answer = client.post("/photos/evt-42/views", json={"email": EMAIL})
+        assert answer.status_code == 202, answer.text
+        bad = client.post("/photos/evt-43/views", json={"email": "not-an-email"})
+        assert bad.status_code == 400 and "email" in bad.json()["errors"]
+        no_json = client.post("/photos/evt-44/views", content=b"{not json",
+                              headers={"Content-Type": "application/json"})
+        assert no_json.status_code == 400 and "email" in no_json.json()["errors"]
+    [event] = queued(store)
+    assert event["id"] == answer.json()["eventId"]
+    assert (event["body"]["eventValue"], event["body"]["email"]) == ("evt-42", EMAIL)
+
+
+def test_starlette_example_builds_its_forwarder_from_the_environment(
+    env_forwarder: None, store: Store,
+) -> None:
+    from starlette.testclient import TestClient
+
+    with TestClient(load_example("starlette_app").create_app()) as client:
+        answer = client.post("/photos/evt-9/views", json={"email": EMAIL})
     assert answer.status_code == 202, answer.text
     assert [e["id"] for e in queued(store)] == [answer.json()["eventId"]]
 

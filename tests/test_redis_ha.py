@@ -9,6 +9,7 @@ process delivering to the sandbox, ``status`` and ``dlq list``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from forwarder import Forwarder
+from forwarder import AsyncForwarder, Forwarder
 from forwarder.config import Settings, parse_sentinel_url
 from forwarder.errors import ConfigError
 from forwarder.redis_server import (
@@ -250,6 +251,21 @@ def test_capture_deliver_status_and_dlq(
     for output in (worker.log(), status.stdout + status.stderr, listed.stdout + listed.stderr,
                    config.stdout):
         assert PASSWORD not in output
+
+
+def test_async_capture_over_the_same_url(ha_url: str, namespace: str) -> None:
+    """AsyncForwarder (redis.asyncio) reads a sentinel:// or rediss:// URL as connect() does."""
+    settings = Settings(redis_url=ha_url, namespace=namespace, experience=EXPERIENCE,
+                        spool_path="off")  # no spool: a connection failure would raise
+
+    async def scenario() -> list[str]:
+        async with AsyncForwarder(settings=settings) as fwd:
+            return [await fwd.capture(capture_event(i)) for i in range(3)]
+
+    ids = asyncio.run(scenario())
+    store = Store(connect(ha_url, timeout=5), namespace)
+    raw = store.client.lrange(store.queue_key, 0, -1)
+    assert [json.loads(item)["id"] for item in reversed(raw)] == ids
 
 
 def test_sentinel_failover_keeps_capture_working(

@@ -1,4 +1,4 @@
-"""FastAPI: capture an analytics event from an endpoint.
+"""FastAPI: capture an analytics event from an ``async def`` endpoint.
 
 Run it (a Redis on REDIS_URL, workers deliver what it captures):
 
@@ -10,22 +10,33 @@ Run it (a Redis on REDIS_URL, workers deliver what it captures):
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel
 
-from forwarder import EnqueueError, Forwarder, InvalidEvent
-
-app = FastAPI(title="distinct-forwarder FastAPI example")
+from forwarder import AsyncForwarder, EnqueueError, InvalidEvent
 
 
-@lru_cache(maxsize=1)
-def get_forwarder() -> Forwarder:
-    """One Forwarder per process, configured by the environment (tests override it)."""
-    return Forwarder.from_env()
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # One AsyncForwarder per worker process, configured by the environment; leaving
+    # the block closes its Redis connections on this event loop.
+    async with AsyncForwarder.from_env() as fwd:
+        app.state.forwarder = fwd
+        yield
+
+
+app = FastAPI(title="distinct-forwarder FastAPI example", lifespan=lifespan)
+
+
+def get_forwarder(request: Request) -> AsyncForwarder:
+    """The app's AsyncForwarder (tests override this dependency)."""
+    forwarder: AsyncForwarder = request.app.state.forwarder
+    return forwarder
 
 
 class PhotoView(BaseModel):
@@ -36,14 +47,14 @@ class Accepted(BaseModel):
     eventId: str
 
 
-# A plain ``def``: capture() is one short blocking Redis call, and FastAPI runs
-# sync endpoints in its thread pool, so the event loop never waits on Redis.
+# ``async def`` and ``await``: the LPUSH is awaited, and the spool (if Redis is
+# down) is written in a thread, so the event loop never waits on either.
 @app.post("/photos/{photo_id}/views", status_code=202)
-def photo_viewed(
-    photo_id: str, view: PhotoView, fwd: Annotated[Forwarder, Depends(get_forwarder)]
+async def photo_viewed(
+    photo_id: str, view: PhotoView, fwd: Annotated[AsyncForwarder, Depends(get_forwarder)]
 ) -> Accepted:
     try:
-        event_id = fwd.capture({
+        event_id = await fwd.capture({
             "type": "PHOTO_VIEWED_BY_USER",
             "eventValue": photo_id,
             "recordCapturedAt": datetime.now(timezone.utc),
