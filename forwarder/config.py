@@ -185,7 +185,7 @@ class Settings:
         take("FORWARDER_METRICS_PORT", "metrics_port", _parse_int)
         take("FORWARDER_METRICS_BIND", "metrics_bind", str)
         take("FORWARDER_WORKER_TIMEOUT", "worker_timeout", parse_duration)
-        take("FORWARDER_RELAY_KEYS", "relay_keys", _parse_keys)
+        take("FORWARDER_RELAY_KEYS", "relay_keys", parse_keys)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if problems:
             # Report conversion problems together with rule problems below.
@@ -263,7 +263,7 @@ class Settings:
                 "event's claim would block it as long)"
             )
         problems += self._scale_problems()
-        problems += _relay_key_problems(self.relay_keys)
+        problems += key_problems("FORWARDER_RELAY_KEYS", self.relay_keys)
         if self.log_format not in {"text", "json"}:
             problems.append(f"FORWARDER_LOG_FORMAT: {self.log_format!r} must be text or json")
         if problems:
@@ -336,7 +336,7 @@ class Settings:
         return f"Settings({inner})"
 
 
-def _parse_keys(text: str) -> tuple[str, ...]:
+def parse_keys(text: str) -> tuple[str, ...]:
     """Comma-separated keys (``name:key`` or ``key``); blanks around commas are dropped."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -357,16 +357,17 @@ def relay_key_names(keys: tuple[str, ...]) -> list[tuple[str, str]]:
     return named
 
 
-def _relay_key_problems(keys: tuple[str, ...]) -> list[str]:
+def key_problems(var: str, keys: tuple[str, ...]) -> list[str]:
+    """What is wrong with the ``name:key`` list in ``var`` (relay or console keys)."""
     # Never name the key itself: the problem list is printed and logged. Two
     # keys may share a client name: that is how a key is rotated.
     problems = []
     for i, (_, key) in enumerate(relay_key_names(keys), 1):
         if len(key) < C.RELAY_KEY_MIN_LENGTH:
-            problems.append(f"FORWARDER_RELAY_KEYS: key #{i} is shorter than "
+            problems.append(f"{var}: key #{i} is shorter than "
                             f"{C.RELAY_KEY_MIN_LENGTH} characters")
         if not _SECRET_CHARS.match(key):
-            problems.append(f"FORWARDER_RELAY_KEYS: key #{i} must be printable ASCII without "
+            problems.append(f"{var}: key #{i} must be printable ASCII without "
                             "spaces or control characters")
     return problems
 

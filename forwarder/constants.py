@@ -181,3 +181,27 @@ DEFAULT_RELAY_CONNECTIONS = 1000
 RELAY_HEADER_TIMEOUT = 5
 #: HTTP relay: a key shorter than this is refused, as guessable.
 RELAY_KEY_MIN_LENGTH = 16
+
+# --- Operator console (forwarder/console, `distinct-forwarder console`) -----------
+# Its own Redis keys, under the namespace like every other; each one capped or
+# expiring, so the console never grows Redis without bound.
+#: List of audit records (JSON, newest first): who replayed, purged, revealed or
+#: exported what, and how many. LTRIMmed to CONSOLE_AUDIT_MAX records.
+CONSOLE_AUDIT = "console:audit"
+CONSOLE_AUDIT_MAX = 1000
+#: Hash per replay started in the console, ``console:job:{id}``: its selection,
+#: progress and counts. Expires CONSOLE_JOB_TTL_SECONDS after its last update.
+CONSOLE_JOB_PREFIX = "console:job:"
+#: Sorted set of job ids by start time: the CONSOLE_JOBS_MAX most recent only.
+CONSOLE_JOBS = "console:jobs"
+CONSOLE_JOBS_MAX = 50
+CONSOLE_JOB_TTL_SECONDS = 7 * 86400
+#: A running job silent this long was cut off (the console stopped): it is shown
+#: as interrupted, to be started again (a replay resumes where it stopped).
+CONSOLE_JOB_STALE_SECONDS = 60.0
+#: Loopback by default, and never the relay's port: exposing it is a choice.
+DEFAULT_CONSOLE_BIND = "127.0.0.1:8090"
+#: A login lasts this long at most (and ends when the console restarts).
+CONSOLE_SESSION_SECONDS = 8 * 3600
+#: Requests served at once (one process: replay jobs run beside them).
+CONSOLE_THREADS = 8

@@ -17,8 +17,10 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
+from forwarder.config import parse_duration
 from forwarder.constants import DLQ_DETAIL_BYTES
 from forwarder.errors import EntryNotFound, InvalidEvent
 from forwarder.messages import KINDS, MAX_ATTEMPTS_FIELD, Event, encode_event, is_event_id
@@ -27,6 +29,11 @@ from forwarder.store import DLQ_REASONS, Store
 from forwarder.validation import validate_event
 
 REPLAY_CHUNK = 100
+#: A page reads candidates in chunks of this many entries...
+PAGE_CHUNK = 200
+#: ...and examines at most this many per page, so a filter that matches little
+#: still answers quickly (the page offers to look further).
+PAGE_SCAN_LIMIT = 5000
 #: The fields of a dead-letter entry; an import refuses any other.
 ENTRY_FIELDS = ("id", "kind", "experience", "body", "attempts", "first_seen", "last_attempt",
                 "last_status", "last_error", "reason", "dead_at")
@@ -48,6 +55,8 @@ class Selector:
     since: float | None = None
     until: float | None = None
     limit: int | None = None
+    #: Free text, found (case-insensitively) in the event id or its eventValue.
+    search: str | None = None
 
     def _matches(self, entry: dict[str, Any]) -> bool:
         body = entry.get("body") if isinstance(entry.get("body"), dict) else {}
@@ -57,17 +66,57 @@ class Selector:
             and (self.event_type is None
                  or (body or {}).get("type", entry.get("kind")) == self.event_type)
             and (self.experience is None or entry.get("experience") == self.experience)
+            and (self.search is None or self._found(entry, body or {}))
         )
 
+    def _found(self, entry: dict[str, Any], body: dict[str, Any]) -> bool:
+        wanted = (self.search or "").casefold()
+        value = body.get("eventValue")
+        return wanted in str(entry.get("id", "")).casefold() or (
+            isinstance(value, str) and wanted in value.casefold())
+
     def _needs_entries(self) -> bool:
-        return any(v is not None for v in (self.status, self.event_type, self.experience)) or (
+        content = (self.status, self.event_type, self.experience, self.search)
+        return any(v is not None for v in content) or (
             self.ids is not None and any(
                 v is not None for v in (self.reason, self.since, self.until)))
+
+    def page(self, store: Store, start: int = 0, size: int = 50,
+             scan_limit: int = PAGE_SCAN_LIMIT) -> Page:
+        """Matching entries, newest first, from position ``start`` of the index
+        window (reason, since, until); ``limit`` and ``ids`` do not apply.
+
+        What one page costs is bounded by its size (and ``scan_limit`` for a
+        filter on the entries' contents), never by the size of the DLQ.
+        """
+        since, until, reason = self.since, self.until, self.reason
+        candidates = store.dlq_count(since, until, reason)
+        if not self._needs_entries():
+            ids = store.dlq_page_ids(start, size, since, until, reason)
+            found = [e for e in store.dlq_get(ids) if e is not None]
+            end = start + len(ids)
+            return Page(found, start, end if end < candidates else None, candidates,
+                        len(ids), exact=True)
+        found, position = [], start
+        while len(found) < size and position < candidates and position - start < scan_limit:
+            chunk = store.dlq_page_ids(position, PAGE_CHUNK, since, until, reason)
+            if not chunk:
+                break
+            for entry in store.dlq_get(chunk):
+                position += 1
+                if entry is not None and self._matches(entry):
+                    found.append(entry)
+                    if len(found) >= size:
+                        break
+        return Page(found, start, position if position < candidates else None, candidates,
+                    position - start, exact=False)
 
     def resolve(self, store: Store) -> list[str]:
         """The matching ids, oldest first (in the given order for explicit ids)."""
         if self.ids is not None:
             candidates = list(self.ids)
+        elif not self._needs_entries():
+            return store.dlq_ids(self.since, self.until, self.reason, self.limit)
         else:
             candidates = store.dlq_ids(self.since, self.until, self.reason)
         if not self._needs_entries():
@@ -86,6 +135,23 @@ class Selector:
                 if self.limit is not None and len(chosen) >= self.limit:
                     return chosen
         return chosen
+
+
+@dataclass
+class Page:
+    """One page of dead letters, and where the next one starts."""
+
+    entries: list[dict[str, Any]]
+    start: int
+    #: Position of the first candidate the next page examines; None at the end.
+    next_start: int | None
+    #: Entries in the index window (reason and time range).
+    candidates: int
+    #: Candidates this page examined.
+    scanned: int
+    #: Whether every candidate matches (no filter on the entries' contents),
+    #: so that ``candidates`` is the number of matches.
+    exact: bool
 
 
 @dataclass
@@ -254,6 +320,23 @@ def _time(raw: dict[str, Any], name: str, now: float, required: bool = False) ->
             or not math.isfinite(value) or not 0 < value <= now + MAX_AHEAD_SECONDS):
         raise ValueError(f"{name}: must be a time in epoch seconds, not in the future")
     return float(value)
+
+
+def parse_moment(value: str, now: float | None = None) -> float:
+    """``2h`` (that long ago) or an ISO-8601 time (UTC when it has no zone), as
+    ``--since``/``--until`` and the console's filter take it; ValueError otherwise."""
+    try:
+        return (time.time() if now is None else now) - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{value[:40]!r} is neither a duration (2h, 30m) nor an "
+                         "ISO-8601 time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:

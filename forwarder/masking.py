@@ -7,6 +7,9 @@
   Anything before an ``@`` that an email's local part can hold is masked,
   quoted local parts and non-ASCII included, in text and JSON logs and in
   logged exceptions alike (forwarder/logs.py).
+- A phone number (E.164, as the schema takes it) keeps its first three and
+  last two characters: ``+14*******71``. Dead letters shown to an operator
+  (``dlq show``, the console) mask both until an explicit reveal.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ QUERY_PASSWORD_RE = re.compile(r"((?:^|[?&])password=)([^&#]*)")
 _EMAIL_RE = re.compile(
     r'(?:"(?:[^"\\\r\n]|\\.)+"|[^\s@<>()\[\],;:"\'`/\\]+)@'
     r"([^\s@<>()\[\],;:\"'`/\\]+\.[^\s@<>()\[\],;:\"'`/\\.]{2,})")
+
+
+#: A phone number as the schema accepts it (E.164), not inside a longer run of digits.
+_PHONE_RE = re.compile(r"(?<![\w+])\+[1-9]\d{6,14}(?!\d)")
 
 
 def fingerprint(secret: str) -> str:
@@ -55,6 +62,17 @@ def mask_url(url: str) -> str:
 def mask_email(text: str) -> str:
     """Every address in ``text`` as ``j***@example.com`` (its first character, its domain)."""
     return _EMAIL_RE.sub(_mask_one, text)
+
+
+def mask_phone(text: str) -> str:
+    """Every E.164 phone number in ``text`` as ``+14*******71``."""
+    return _PHONE_RE.sub(lambda m: m.group(0)[:3] + "*" * (len(m.group(0)) - 5)
+                         + m.group(0)[-2:], text)
+
+
+def mask_personal(text: str) -> str:
+    """``text`` with its emails and phone numbers masked."""
+    return mask_phone(mask_email(text))
 
 
 def _mask_one(match: re.Match[str]) -> str:

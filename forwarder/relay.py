@@ -87,6 +87,11 @@ class KeyRing:
         return self.client(presented) is not None
 
 
+def scoped_idempotency_key(client: str, key: str) -> str:
+    """The idempotency key the relay captures with: the client's name scopes it."""
+    return f"relay:{client}:{key}"
+
+
 # --- body parsing ----------------------------------------------------------------
 def parse_body(raw: bytes) -> Any:
     """Strict JSON (forwarder/rawjson.py); any problem is a 400 naming ``_body``."""
@@ -258,7 +263,7 @@ class Relay:
         # dedupe each other's events; a client keeps its scope across a key
         # rotation when both keys carry its name (FORWARDER_RELAY_KEYS=name:key).
         given = _idempotency_key(environ)
-        key = None if given is None else f"relay:{client}:{given}"
+        key = None if given is None else scoped_idempotency_key(client, given)
         try:
             if kind == "capture":
                 event_id = self.forwarder.capture(event, experience, key)

@@ -65,8 +65,8 @@ def collect(settings: Settings, store: Store) -> dict[str, Any]:
     now = time.time()
     due = store.next_retry_due()
     breaker = store.breaker()
-    oldest = [t for t in (_first_seen(store.oldest_queued()), _first_seen(store.first_retry()))
-              if t is not None]
+    oldest_queued = _first_seen(store.oldest_queued())
+    oldest = [t for t in (oldest_queued, _first_seen(store.first_retry())) if t is not None]
     workers = live_workers(store, now, settings.worker_timeout)
     return {
         "namespace": store.namespace,
@@ -77,6 +77,7 @@ def collect(settings: Settings, store: Store) -> dict[str, Any]:
         "retry_due_now": store.retry_due(now),
         "retry_next_due_in": None if due is None else round(max(0.0, due - now), 1),
         "oldest_waiting_age": round(now - min(oldest), 1) if oldest else None,
+        "oldest_queued_age": None if oldest_queued is None else round(now - oldest_queued, 1),
         "dlq": store.dlq_depth(),
         "dlq_by_reason": store.dlq_depth_by_reason(),
         "dlq_expiring_24h": store.dlq_expiring(now, settings.dlq_ttl, DAY),

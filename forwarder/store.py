@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -282,13 +283,31 @@ class Store:
             if n < batch:
                 return removed
 
-    def dlq_ids(self, since: float | None = None, until: float | None = None,
-                reason: str | None = None) -> list[str]:
-        """Dead-letter ids, oldest first, optionally by time and reason."""
+    def _dlq_window(self, since: float | None, until: float | None,
+                    reason: str | None) -> tuple[str, float | str, float | str]:
         key = self.dlq_reason_prefix + reason if reason else self.dlq_index_key
-        low = "-inf" if since is None else since
-        high = "+inf" if until is None else until
-        return [text(i) for i in self.client.zrangebyscore(key, low, high)]
+        return key, "-inf" if since is None else since, "+inf" if until is None else until
+
+    def dlq_ids(self, since: float | None = None, until: float | None = None,
+                reason: str | None = None, limit: int | None = None) -> list[str]:
+        """Dead-letter ids, oldest first, optionally by time and reason (and limit)."""
+        key, low, high = self._dlq_window(since, until, reason)
+        first = (0, limit) if limit is not None else ()  # ZRANGEBYSCORE's LIMIT 0 limit
+        return [text(i) for i in self.client.zrangebyscore(key, low, high, *first)]
+
+    def dlq_page_ids(self, start: int, count: int, since: float | None = None,
+                     until: float | None = None, reason: str | None = None) -> list[str]:
+        """``count`` ids from ``start``, newest first: a page costs its size, not the DLQ's."""
+        key, low, high = self._dlq_window(since, until, reason)
+        found = (self.client.zrevrange(key, start, start + count - 1)
+                 if since is None and until is None else
+                 self.client.zrevrangebyscore(key, high, low, start=start, num=count))
+        return [text(i) for i in found]
+
+    def dlq_count(self, since: float | None = None, until: float | None = None,
+                  reason: str | None = None) -> int:
+        """How many ids :meth:`dlq_ids` would return, without reading them."""
+        return int(self.client.zcount(*self._dlq_window(since, until, reason)))
 
     def dlq_get(self, ids: Iterable[str]) -> list[dict[str, Any] | None]:
         ids = list(ids)
@@ -328,18 +347,23 @@ class Store:
         return int(_DLQ_DELETE(self.client, **self._dlq, rest=list(ids)))
 
     # --- counters --------------------------------------------------------------
-    def outcome_counts(self, now: float, minutes: int) -> dict[str, int]:
-        """Delivered / retried / dead-lettered over the last ``minutes`` minutes."""
-        current = int(now // 60)
+    def outcome_series(self, now: float, minutes: int) -> list[tuple[int, dict[str, int]]]:
+        """(epoch seconds // 60, outcome counts) per minute of the last ``minutes``."""
+        wanted = range(int(now // 60) - minutes + 1, int(now // 60) + 1)
         with self.client.pipeline(transaction=False) as pipe:
-            for m in range(current - minutes + 1, current + 1):
+            for m in wanted:
                 pipe.hgetall(self.stats_prefix + str(m))
             buckets = pipe.execute()
-        totals: dict[str, int] = {"delivered": 0, "retried": 0, "dead_lettered": 0}
-        for bucket in buckets:
-            for name, count in bucket.items():
-                totals[text(name)] = totals.get(text(name), 0) + int(count)
-        return totals
+        return [(minute, {"delivered": 0, "retried": 0, "dead_lettered": 0,
+                          **{text(k): int(v) for k, v in bucket.items()}})
+                for minute, bucket in zip(wanted, buckets, strict=True)]
+
+    def outcome_counts(self, now: float, minutes: int) -> dict[str, int]:
+        """Delivered / retried / dead-lettered over the last ``minutes`` minutes."""
+        totals = Counter({"delivered": 0, "retried": 0, "dead_lettered": 0})
+        for _, counts in self.outcome_series(now, minutes):
+            totals.update(counts)
+        return dict(totals)
 
     def wipe(self) -> int:
         """Delete every key of this namespace (tests and the demo only)."""

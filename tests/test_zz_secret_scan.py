@@ -37,7 +37,8 @@ def _known_secrets() -> list[str]:
     found = [API_KEY, KEY, OLD_KEY, REDIS_PASSWORD, SCAN_API_KEY,
              SCAN_RELAY_KEY.partition(":")[2]]
     for module, names in (("tests.test_redis_ha", ("PASSWORD",)),
-                          ("tests.test_deploy_files", ("RELAY_KEY",))):
+                          ("tests.test_deploy_files", ("RELAY_KEY",)),
+                          ("tests.test_console", ("ADMIN_KEY", "READONLY_KEY"))):
         loaded = sys.modules.get(module)
         found += [getattr(loaded, name) for name in names if loaded and hasattr(loaded, name)]
     return sorted(set(found))

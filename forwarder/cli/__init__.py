@@ -7,6 +7,7 @@ module of its own and registers itself on ``cli`` when imported here.
 """
 
 from forwarder.cli import (  # noqa: F401  (registers commands)
+    console,
     dev,
     dlq,
     events,

@@ -12,16 +12,14 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 import click
 
 from forwarder import dlq as dlq_tools
 from forwarder.cli.base import Ctx, cli, pass_ctx
-from forwarder.config import parse_duration
 from forwarder.errors import EntryNotFound
-from forwarder.masking import mask_email
+from forwarder.masking import mask_personal
 from forwarder.store import DLQ_REASONS
 
 IMPORT_CHUNK = 500
@@ -48,18 +46,9 @@ def _moment(value: str | None, param: str) -> float | None:
     if value is None:
         return None
     try:
-        return time.time() - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is neither a duration (2h, 30m) nor an ISO-8601 time", param_hint=param
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+        return dlq_tools.parse_moment(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=param) from None
 
 
 def selector_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -76,6 +65,8 @@ def selector_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--until", help="Dead-lettered at or before: 30m (ago) or ISO-8601."),
         click.option("--limit", type=click.IntRange(min=1),
                      help="At most this many, oldest first."),
+        click.option("--search", metavar="TEXT",
+                     help="Only entries whose id or eventValue contains TEXT (any case)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -90,11 +81,12 @@ def selector_options(func: Callable[..., Any]) -> Callable[..., Any]:
             status=kwargs.pop("status"), event_type=kwargs.pop("event_type"),
             experience=kwargs.pop("experience"), since=_moment(kwargs.pop("since"), "--since"),
             until=_moment(kwargs.pop("until"), "--until"), limit=kwargs.pop("limit"),
+            search=kwargs.pop("search") or None,
         )
         bulk = not ids
         filtered = any(v is not None for v in (
             selector.reason, selector.status, selector.event_type, selector.experience,
-            selector.since, selector.until, selector.limit))
+            selector.since, selector.until, selector.limit, selector.search))
         return func(*args, selector=selector, bulk=bulk, chosen=bool(ids) or all_ or filtered,
                     **kwargs)
 
@@ -143,10 +135,10 @@ def dlq_list(obj: Ctx, selector: dlq_tools.Selector, bulk: bool, chosen: bool,
 
 @dlq.command("show")
 @click.argument("entry_id")
-@click.option("--reveal", is_flag=True, help="Show emails unmasked.")
+@click.option("--reveal", is_flag=True, help="Show emails and phone numbers unmasked.")
 @pass_ctx
 def dlq_show(obj: Ctx, entry_id: str, reveal: bool) -> None:
-    """Print one entry in full (emails masked unless --reveal).
+    """Print one entry in full (emails and phone numbers masked unless --reveal).
 
     \b
     Example:
@@ -157,7 +149,7 @@ def dlq_show(obj: Ctx, entry_id: str, reveal: bool) -> None:
     except EntryNotFound as exc:
         raise click.BadParameter(str(exc), param_hint="ENTRY_ID") from None
     text = json.dumps(entry, indent=2, sort_keys=True)
-    click.echo(text if reveal else mask_email(text))
+    click.echo(text if reveal else mask_personal(text))
 
 
 @dlq.command("replay")
