@@ -24,8 +24,8 @@ DLQ_REASON_PREFIX = "dlq:reason:"
 #: Delivered event ids (16-byte UUIDs), one set per 6 hours of delivery,
 #: ``dedupe:{n}`` (forwarder/lua/lib/dedupe.lua).
 DEDUPE_PREFIX = "dedupe:"
-#: Hash of claims: event id -> ``{worker}|{token}|{until}`` while one worker
-#: holds the right to POST it (workers/lua/lib/claims.lua).
+#: One string per claimed event id, ``inflight:{id}`` -> ``{worker}|{random}``,
+#: while one worker holds the right to POST it (workers/lua/lib/claims.lua).
 INFLIGHT_PREFIX = "inflight:"
 #: Hash: the shared circuit breaker (state, reason, open_until, cooldown...).
 BREAKER = "breaker"
@@ -65,6 +65,9 @@ LEGACY_TAKEN = "taken"
 LEGACY_TAKEN_PREFIX = "taken:"
 #: 0.1's dedupe sets, one per hour of delivery: looked through until they expire.
 LEGACY_DEDUPE_PREFIX = "delivered:"
+#: How often a worker asks whether any of those is left (a 0.1 worker that
+#: delivered since is seen within this time).
+LEGACY_DEDUPE_CHECK_SECONDS = 60.0
 
 
 def key(namespace: str, name: str) -> str:

@@ -116,18 +116,25 @@ def console(redis_url: str, namespace: str, tmp_path: Path, browser: Any) -> Ite
 
 
 def follow(browser: Any, action: Callable[[], Any]) -> None:
-    """Do what loads another page (a click, Enter in a form), and wait for it."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    """Do what loads another page (a click, Enter in a form), and wait for it.
 
-    old = browser.find_element(By.TAG_NAME, "html")
+    The old document is marked with a window property; the next page is there
+    once a complete document without the mark answers. (Asking an element of
+    the old page whether it went stale races with chromedriver, which may
+    answer with a plain WebDriverException while the page is being replaced.)
+    """
+    from selenium.common.exceptions import WebDriverException
+
+    browser.execute_script("window.__forwarderOldPage = true")
     action()
 
     def replaced() -> bool:
         try:
-            old.tag_name  # noqa: B018  (raises once the old page is gone)
-        except StaleElementReferenceException:
-            return browser.execute_script("return document.readyState") == "complete"
-        return False
+            return bool(browser.execute_script(
+                "return window.__forwarderOldPage === undefined"
+                " && document.readyState === 'complete'"))
+        except WebDriverException:  # between documents: ask again
+            return False
 
     wait_until(replaced, 15, 0.05, "the next page")
 

@@ -517,6 +517,21 @@ def test_ids_in_0_1_hourly_sets_are_still_found(store):
     assert admission.state == "delivered"
 
 
+def test_the_gates_of_a_worker_ask_whether_0_1_sets_are_left_once_a_minute(store):
+    from workers.gate import LegacyDedupe
+
+    clock = [1000.0]
+    shared = LegacyDedupe(clock=lambda: clock[0])
+    gates = [Gate(store.client, store.namespace, legacy_dedupe=shared) for _ in range(2)]
+    assert gates[0].legacy_dedupe_left() is False
+    hour = int(time.time() // 3600) - 3
+    store.client.sadd(f"{store.namespace}:delivered:{hour}", "x")
+    clock[0] += 59
+    assert gates[1].legacy_dedupe_left() is False  # the answer of a minute ago
+    clock[0] += 1
+    assert gates[1].legacy_dedupe_left() is True
+
+
 def test_spool_push_pushes_a_batch_once(store):
     push = script("spool_push")
     marker = f"{store.namespace}:spooled:tok"

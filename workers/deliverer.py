@@ -38,7 +38,7 @@ from forwarder.messages import (
 from forwarder.store import Store, connect, dedupe_member
 from workers import metrics
 from workers.delivery import DistinctClient, Outcome
-from workers.gate import Admission, BreakerPolicy, Gate
+from workers.gate import Admission, BreakerPolicy, Gate, LegacyDedupe
 from workers.holding import Holding
 from workers.outcomes import (
     Finish,
@@ -109,6 +109,7 @@ class Deliverer:
                         single_connection_client=True),
             settings.namespace, self.holding.held_key, self.breaker_policy,
             settings.dedupe_ttl))
+        self.legacy_dedupe = LegacyDedupe()  # shared by every thread's Gate
         self.clock = clock
         self.rng = rng or random.Random()
         self.sleep = sleep
@@ -130,7 +131,8 @@ class Deliverer:
                                  single_connection_client=True)
             s = self.settings
             mine = _Mine(Holding(client, s.namespace, self.worker),
-                         Gate(client, s.namespace, s.rate_limit, s.dedupe_ttl))
+                         Gate(client, s.namespace, s.rate_limit, s.dedupe_ttl,
+                              self.legacy_dedupe))
             self._local.mine = mine
         return mine
 

@@ -17,6 +17,9 @@ uses Redis's own clock, so workers on hosts with skewed clocks agree.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,6 +32,7 @@ from forwarder.store import dedupe_member, text
 AdmitState = Literal["delivered", "busy", "open", "wait", "claimed"]
 
 _ADMIT = script("admit", "workers")
+_LEGACY_DEDUPE_LEFT = script("legacy_dedupe_left", "workers")
 
 
 @dataclass(frozen=True)
@@ -57,11 +61,34 @@ class Admission:
     probe: bool = False
 
 
+class LegacyDedupe:
+    """Whether any of 0.1's hourly dedupe sets is left, asked of Redis once per
+    LEGACY_DEDUPE_CHECK_SECONDS for all the Gates (threads) of a worker: the
+    question reads 25 keys, and a chunk's admission would otherwise pay it.
+    Remove in 0.3."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._left = True
+        self._asked_at: float | None = None
+        self._lock = threading.Lock()
+
+    def left(self, client: redis.Redis, legacy_dedupe_prefix: str, dedupe_ttl: float) -> bool:
+        with self._lock:
+            now = self.clock()
+            if self._asked_at is None or now - self._asked_at >= C.LEGACY_DEDUPE_CHECK_SECONDS:
+                self._left = bool(_LEGACY_DEDUPE_LEFT(
+                    client, legacy_dedupe_prefix=legacy_dedupe_prefix, dedupe_ttl=dedupe_ttl))
+                self._asked_at = now
+            return self._left
+
+
 class Gate:
     """Dedupe, claims, circuit breaker and rate limit for one namespace."""
 
     def __init__(self, client: redis.Redis, namespace: str, rate_limit: float | None = None,
-                 dedupe_ttl: float = C.DEFAULT_DEDUPE_TTL):
+                 dedupe_ttl: float = C.DEFAULT_DEDUPE_TTL,
+                 legacy_dedupe: LegacyDedupe | None = None):
         self.client = client
         self.dedupe_ttl = dedupe_ttl
         self.rate_limit = rate_limit or 0.0
@@ -70,6 +97,12 @@ class Gate:
                      "legacy_dedupe_prefix": k(C.LEGACY_DEDUPE_PREFIX),
                      "claim_prefix": k(C.INFLIGHT_PREFIX), "breaker": k(C.BREAKER),
                      "probe": k(C.BREAKER_PROBE), "rate": k(C.RATE)}
+        self.legacy_dedupe = legacy_dedupe or LegacyDedupe()
+
+    def legacy_dedupe_left(self) -> bool:
+        """Whether 0.1's dedupe sets are still to be looked through. Remove in 0.3."""
+        return self.legacy_dedupe.left(self.client, self.keys["legacy_dedupe_prefix"],
+                                       self.dedupe_ttl)
 
     def admit_many(self, event_ids: list[str], token: str,
                    claim_ttl: float) -> list[Admission]:
@@ -79,12 +112,13 @@ class Gate:
             pairs += [event_id, dedupe_member(event_id)]
         replies = _ADMIT(self.client, **self.keys, token=token,
                          claim_ms=max(1, int(claim_ttl * 1000)), rate_per_s=self.rate_limit,
-                         max_wait=C.RATE_MAX_WAIT, dedupe_ttl=self.dedupe_ttl, rest=pairs)
-        return [_admission(reply) for reply in replies]
+                         max_wait=C.RATE_MAX_WAIT, dedupe_ttl=self.dedupe_ttl,
+                         legacy_dedupe=int(self.legacy_dedupe_left()), rest=pairs)
+        return [_admission(line) for line in text(replies).split("\n")] if event_ids else []
 
 
-def _admission(reply: bytes | str) -> Admission:
-    state, _, wait = text(reply).partition(" ")
+def _admission(line: str) -> Admission:
+    state, _, wait = line.partition(" ")
     if state == "probe":
         return Admission("claimed", wait=float(wait), probe=True)
     if state in ("open", "wait", "claimed"):

@@ -4,7 +4,7 @@
 --! include lib/now.lua
 --! include lib/dedupe.lua
 if delivered_among(dedupe_prefix, legacy_dedupe_prefix, {member}, now(),
-                   tonumber(dedupe_ttl))[1] then
+                   tonumber(dedupe_ttl), 'auto')[1] then
   return 1
 end
 return 0

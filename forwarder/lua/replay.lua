@@ -12,7 +12,7 @@
 local members = {}
 for i = 1, #triples, 3 do members[#members + 1] = triples[i + 1] end
 local delivered = delivered_among(dedupe_prefix, legacy_dedupe_prefix, members, now(),
-                                  tonumber(dedupe_ttl))
+                                  tonumber(dedupe_ttl), 'auto')
 local out = {}
 for i = 1, #triples, 3 do
   local id, item = triples[i], triples[i + 2]

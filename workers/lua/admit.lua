@@ -1,7 +1,8 @@
 -- admit: what may be sent of a chunk of events, decided in order, each as if
--- alone, in one step. `events` holds (id, dedupe member) pairs; per event the
--- reply is one string (one value per event: each value crossing out of Lua
--- costs Redis as much as a lookup):
+-- alone, in one step. `events` holds (id, dedupe member) pairs. legacy_dedupe:
+-- '1' while 0.1's dedupe sets are left (legacy_dedupe_left.lua). The reply is
+-- one string, a line per event (each value crossing out of Lua costs Redis as
+-- much as a lookup), each line one of:
 --   'delivered'              in the dedupe window: never send it again
 --   'busy'                   another worker holds its claim
 --   'open <wait>'            the breaker is open: park it for `wait` seconds
@@ -14,7 +15,7 @@
 -- one MGET of claims and a SET per claim, one read of the breaker and at most
 -- one write of the rate.
 --! KEYS dedupe_prefix legacy_dedupe_prefix claim_prefix breaker probe rate
---! ARGV token claim_ms rate_per_s max_wait dedupe_ttl
+--! ARGV token claim_ms rate_per_s max_wait dedupe_ttl legacy_dedupe
 --! ARGV* events
 --! include lib/now.lua
 --! include lib/dedupe.lua
@@ -28,9 +29,9 @@ for i = 1, #events, 2 do
   members[#members + 1] = events[i + 1]
 end
 local out = {}
-if #ids == 0 then return out end
+if #ids == 0 then return '' end
 local delivered = delivered_among(dedupe_prefix, legacy_dedupe_prefix, members, t,
-                                  tonumber(dedupe_ttl))
+                                  tonumber(dedupe_ttl), legacy_dedupe == '1')
 local holders = redis.call('MGET', unpack(claim_keys(claim_prefix, ids)))
 local state = redis.call('HMGET', breaker, 'state', 'open_until')
 local taken = {}  -- ids claimed earlier in this chunk
@@ -84,4 +85,4 @@ end
 if tat_changed then
   redis.call('SET', rate, tostring(tat), 'PX', math.ceil((tat - t) * 1000) + 1000)
 end
-return out
+return table.concat(out, '\n')

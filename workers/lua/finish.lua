@@ -11,8 +11,9 @@
 -- released, its ids remembered and its outcomes counted in one command each:
 -- what costs Redis is a call and every value crossing into or out of Lua, not
 -- an outcome. (Whether an event is still held is HDEL's answer, so its payload
--- never crosses into Lua.) Returns the breaker's changes as (position of the
--- outcome that caused it, 'opened', 'reopened' or 'closed') pairs, mostly none.
+-- never crosses into Lua; deliveries leave it in one HDEL.) Returns the
+-- breaker's changes as (position of the outcome that caused it, 'opened',
+-- 'reopened' or 'closed') pairs, mostly none.
 --! KEYS held claim_prefix stats_prefix dedupe_prefix retry dlq dlq_index dlq_reason_prefix breaker probe window_prefix
 --! ARGV dedupe_ttl consecutive min_requests ratio window cooldown_min cooldown_max
 --! ARGV* outcomes
@@ -32,7 +33,7 @@ local n = #outcomes / 9
 local ids = {}
 for k = 1, n do ids[k] = outcomes[9 * k - 6] end
 local holders = redis.call('MGET', unpack(claim_keys(claim_prefix, ids)))
-local drop_claims, members, counts = {}, {}, {}
+local drop_claims, drop_held, members, counts = {}, {}, {}, {}
 local changes = {}
 local oks, last_ok = 0, 0
 local function flush_oks()
@@ -53,16 +54,20 @@ for k = 1, n do
   if outcome == 'released' then
     if token ~= '' and redis.call('GET', probe) == token then redis.call('DEL', probe) end
   else
-    local stored = redis.call('HDEL', held, field) == 1
+    -- A delivery is stored whether or not the event is still held (its
+    -- fields leave in one HDEL below); the other outcomes only if it is.
     if outcome == 'delivered' then
+      drop_held[#drop_held + 1] = field
       members[#members + 1] = payload
-      stored = true
-    elseif stored and outcome == 'dead_lettered' then
-      dlq_add(dlq, dlq_index, dlq_reason_prefix, id, payload, score, dlq_reason)
-    elseif stored and outcome ~= 'skipped' then
-      redis.call('ZADD', retry, t + tonumber(score), payload)
+      counts.delivered = (counts.delivered or 0) + 1
+    elseif redis.call('HDEL', held, field) == 1 then
+      if outcome == 'dead_lettered' then
+        dlq_add(dlq, dlq_index, dlq_reason_prefix, id, payload, score, dlq_reason)
+      elseif outcome ~= 'skipped' then
+        redis.call('ZADD', retry, t + tonumber(score), payload)
+      end
+      counts[outcome] = (counts[outcome] or 0) + 1
     end
-    if stored then counts[outcome] = (counts[outcome] or 0) + 1 end
   end
   if signal == 'ok' then
     oks, last_ok = oks + 1, k
@@ -75,6 +80,7 @@ for k = 1, n do
 end
 flush_oks()
 if #drop_claims > 0 then redis.call('DEL', unpack(drop_claims)) end
+if #drop_held > 0 then redis.call('HDEL', held, unpack(drop_held)) end
 remember_delivered(dedupe_prefix, members, t, tonumber(dedupe_ttl))
 local stats = stats_prefix .. math.floor(t / 60)
 local counted = false

@@ -10,14 +10,29 @@
 -- (forwarder.store.dedupe_member).
 --
 -- 0.1 kept one set per hour (`legacy_prefix .. hour`): while any of those is
--- left (ttl + 1 h after the last 0.1 worker stopped), lookups also walk them,
--- after one EXISTS has found that there are some. Remove in 0.3.
+-- left (ttl + 1 h after the last 0.1 worker stopped), lookups also walk them.
+-- Whether any is left is one EXISTS of all of them (legacy_dedupe_left); a
+-- worker asks it once a minute rather than per chunk. Remove in 0.3.
 
 local DEDUPE_SPAN_SECONDS = 21600
 
--- delivered_among(prefix, legacy_prefix, members, t, ttl): one boolean per
--- member, true if that id is in the window at time t.
-local function delivered_among(prefix, legacy_prefix, members, t, ttl)
+-- legacy_dedupe_keys(legacy_prefix, t, ttl): 0.1's sets that may hold ids of
+-- the window at time t.
+local function legacy_dedupe_keys(legacy_prefix, t, ttl)
+  local hour, keys = math.floor(t / 3600), {}
+  for h = hour - math.ceil(ttl / 3600), hour do keys[#keys + 1] = legacy_prefix .. h end
+  return keys
+end
+
+-- legacy_dedupe_left(legacy_prefix, t, ttl): whether any of those is left.
+local function legacy_dedupe_left(legacy_prefix, t, ttl)
+  return redis.call('EXISTS', unpack(legacy_dedupe_keys(legacy_prefix, t, ttl))) > 0
+end
+
+-- delivered_among(prefix, legacy_prefix, members, t, ttl, legacy): one boolean
+-- per member, true if that id is in the window at time t. legacy: look
+-- through 0.1's sets too ('auto': if any is left; false: they are known gone).
+local function delivered_among(prefix, legacy_prefix, members, t, ttl, legacy)
   local found = {}
   for i = 1, #members do found[i] = false end
   if #members == 0 then return found end
@@ -29,10 +44,9 @@ local function delivered_among(prefix, legacy_prefix, members, t, ttl)
   end
   local span = math.floor(t / DEDUPE_SPAN_SECONDS)
   for n = span - math.ceil(ttl / DEDUPE_SPAN_SECONDS), span do look_in(prefix .. n) end
-  local hour, legacy = math.floor(t / 3600), {}
-  for h = hour - math.ceil(ttl / 3600), hour do legacy[#legacy + 1] = legacy_prefix .. h end
-  if redis.call('EXISTS', unpack(legacy)) > 0 then
-    for _, key in ipairs(legacy) do look_in(key) end
+  if legacy == 'auto' then legacy = legacy_dedupe_left(legacy_prefix, t, ttl) end
+  if legacy then
+    for _, key in ipairs(legacy_dedupe_keys(legacy_prefix, t, ttl)) do look_in(key) end
   end
   return found
 end
