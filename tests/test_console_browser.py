@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -116,23 +117,25 @@ def console(redis_url: str, namespace: str, tmp_path: Path, browser: Any) -> Ite
 
 
 def follow(browser: Any, action: Callable[[], Any]) -> None:
-    """Do what loads another page (a click, Enter in a form), and wait for it.
+    """Do what loads another page (a click, Enter in a form, back), and wait for it.
 
-    The old document is marked with a window property; the next page is there
-    once a complete document without the mark answers. (Asking an element of
-    the old page whether it went stale races with chromedriver, which may
-    answer with a plain WebDriverException while the page is being replaced.)
+    The current document is marked with a window property holding a fresh token;
+    the next page is there once a complete document answers without that token
+    (a page restored by Back carries an older one). Asking an element of the old
+    page whether it went stale races with chromedriver, which may answer with a
+    plain WebDriverException while the page is being replaced.
     """
     from selenium.common.exceptions import WebDriverException
 
-    browser.execute_script("window.__forwarderOldPage = true")
+    token = uuid.uuid4().hex
+    browser.execute_script("window.__forwarderPage = arguments[0]", token)
     action()
 
     def replaced() -> bool:
         try:
             return bool(browser.execute_script(
-                "return window.__forwarderOldPage === undefined"
-                " && document.readyState === 'complete'"))
+                "return window.__forwarderPage !== arguments[0]"
+                " && document.readyState === 'complete'", token))
         except WebDriverException:  # between documents: ask again
             return False
 
