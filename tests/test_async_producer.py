@@ -29,7 +29,7 @@ from forwarder.messages import IDEMPOTENCY_NAMESPACE, is_event_id
 from forwarder.redis_server import RedisServer, free_port
 from forwarder.spool import drain
 from forwarder.store import Store, connect
-from tests.conftest import capture_event, user_event
+from tests.conftest import capture_event, user_event, wait_until
 from tests.helpers import queued
 from tests.test_fastpath import base, field_names, values
 
@@ -390,8 +390,11 @@ def test_aclose_closes_the_loop_s_connections(tmp_path):
                 opened = await asyncio.to_thread(ours)
             return opened, await asyncio.to_thread(ours)
 
-        opened, left = run(scenario())
-        assert opened >= 1 and left == 0
+        opened, _ = run(scenario())
+        assert opened >= 1
+        # Closed on our side when aclose() returns; Redis drops them from its
+        # client list once it has read the close (on a loaded machine, later).
+        wait_until(lambda: ours() == 0, 5, 0.05, "Redis to see our connections closed")
     finally:
         server.stop()
 
