@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import requests
 
-from benchmarks.harness import Bench, photo_event, rss_mb, wait_until
+from benchmarks.harness import Bench, photo_event, print_table, rss_mb, wait_until
 from benchmarks.sink import AsyncSink, NginxSink, async_rate
 from forwarder import Forwarder
 from forwarder.messages import encode_event, random_uuid
@@ -237,10 +237,7 @@ def main() -> None:
         peak = max(_PEAKS)
         rows.append(("worker peak RSS, any run above", f"{peak:.0f} MB", "", "",
                      f"<= 150 {'ok' if peak <= 150 else 'MISSED'}"))
-    header = ("figure", "value", "baseline", "ratio", "target")
-    widths = [max(len(r[i]) for r in [*rows, header]) for i in range(5)]
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(("figure", "value", "baseline", "ratio", "target"), rows)
 
 
 if __name__ == "__main__":

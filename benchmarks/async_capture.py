@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio
 
-from benchmarks.harness import photo_event
+from benchmarks.harness import photo_event, print_table
 from forwarder import AsyncForwarder
 from forwarder.config import Settings
 from forwarder.messages import encode_event, random_uuid
@@ -126,10 +126,7 @@ def main() -> None:
         Store(connect(url), namespace).wipe()
         if private is not None:
             private.stop()
-    header = ("figure", "value", "baseline", "ratio", "target")
-    widths = [max(len(r[i]) for r in [*rows, header]) for i in range(5)]
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(("figure", "value", "baseline", "ratio", "target"), rows)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.harness import photo_event
+from benchmarks.harness import photo_event, print_table
 from forwarder import AsyncForwarder, Forwarder
 from forwarder.config import Settings
 from forwarder.redis_server import RedisServer
@@ -224,9 +224,7 @@ def main() -> None:
                          str(len(run.errors)), target))
             if run.errors:
                 print(f"  {mode}/{app}: first error: {run.errors[0]!r}")
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for row in [rows[0], tuple("-" * w for w in widths), *rows[1:]]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(header, rows[1:])
 
 
 if __name__ == "__main__":

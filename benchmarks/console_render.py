@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 import requests
 
 from forwarder import dlq
+from forwarder.processes import stop_process
 from forwarder.redis_server import free_port
 from forwarder.store import Store, connect
 
@@ -103,8 +103,7 @@ def console(redis_url: str, namespace: str) -> Iterator[Callable[[str], float]]:
 
         yield get
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        stop_process(process, 30)
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:

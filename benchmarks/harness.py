@@ -97,3 +97,10 @@ class Bench:
 def photo_event(i: int) -> dict[str, Any]:
     return {"type": "PHOTO_VIEWED_BY_USER", "eventValue": f"evt-{i}",
             "recordCapturedAt": "2026-11-28T10:15:00.000Z", "email": f"fan{i}@example.com"}
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Rows under a header, each column as wide as its widest cell."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -36,14 +36,13 @@ import redis
 import redis.asyncio
 
 from forwarder.config import Settings
-from forwarder.enqueue import SpoolingEnqueuer
 from forwarder.messages import Kind
-from forwarder.producer import RETRY_ON, encode_many, encode_one
-from forwarder.spool import Spool
-from forwarder.store import Store, connect, connect_async
+from forwarder.producer import RETRY_ON, encode_many, encode_one, open_enqueuer
+from forwarder.store import connect_async
 
 # As redis.asyncio itself chooses: asyncio.timeout before 3.11.3 mishandles a
 # cancellation (redis-py issue 2633); redis-py requires async-timeout there.
+# (mypy narrows on the two-part check only; the three-part one is the rule.)
 if sys.version_info >= (3, 11) and sys.version_info >= (3, 11, 3):
     from asyncio import timeout as _deadline
 else:  # pragma: no cover - Python 3.10 to 3.11.2
@@ -69,11 +68,7 @@ class AsyncForwarder:
         # rows with a Lua script (forwarder/spool.py). It opens no connection
         # until the spool has rows to move. (``store`` is for that thread and for
         # tools and tests outside the loop; a coroutine must not call it.)
-        self.store = Store(connect(self.settings.redis_url,
-                                   timeout=self.settings.enqueue_timeout, retry_on=RETRY_ON),
-                           self.settings.namespace)
-        self.spool = Spool.for_settings(self.settings)
-        self._enqueuer = SpoolingEnqueuer(self.store, self.spool, self.settings.redis_url)
+        self.store, self.spool, self._enqueuer = open_enqueuer(self.settings)
         self._clients: dict[asyncio.AbstractEventLoop, redis.asyncio.Redis] = {}
         self._clients_lock = threading.Lock()
         self._pid = os.getpid()

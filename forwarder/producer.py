@@ -75,6 +75,17 @@ def encode_many(settings: Settings, kind: Kind, events: Iterable[Any], experienc
     return ids, encode_new_events(kind, experience, ids, bodies, time.time())
 
 
+def open_enqueuer(settings: Settings, client: redis.Redis | None = None
+                  ) -> tuple[Store, Spool | None, SpoolingEnqueuer]:
+    """What a producer (sync or async) enqueues through: a Store on a client with
+    the enqueue timeout, the local spool, and the enqueuer that falls back to the
+    spool when Redis is down or slow."""
+    store = Store(client or connect(settings.redis_url, timeout=settings.enqueue_timeout,
+                                    retry_on=RETRY_ON), settings.namespace)
+    spool = Spool.for_settings(settings)
+    return store, spool, SpoolingEnqueuer(store, spool, settings.redis_url)
+
+
 class Forwarder:
     """Validates events and enqueues them for delivery to Distinct."""
 
@@ -91,13 +102,7 @@ class Forwarder:
         self.settings = base.with_overrides(
             redis_url=redis_url, experience=experience, namespace=namespace
         )
-        self._client = client or connect(self.settings.redis_url,
-                                         timeout=self.settings.enqueue_timeout,
-                                         retry_on=RETRY_ON)
-        self.store = Store(self._client, self.settings.namespace)
-        # Redis down or slow: the event goes to the local spool instead.
-        self.spool = Spool.for_settings(self.settings)
-        self._enqueuer = SpoolingEnqueuer(self.store, self.spool, self.settings.redis_url)
+        self.store, self.spool, self._enqueuer = open_enqueuer(self.settings, client)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Forwarder:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from forwarder.config import Settings
+from forwarder.processes import stop_process
 from forwarder.redis_server import RedisServer, answers
 from forwarder.sandbox import Faults, Sandbox
 from forwarder.store import Store, connect
@@ -100,15 +100,9 @@ class WorkerProcess:
         return self
 
     def stop(self, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        code = stop_process(self.process, timeout)
         self._log.close()
-        return int(self.process.returncode)
+        return code
 
     def kill(self) -> None:
         self.process.kill()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -26,6 +25,7 @@ import requests
 
 from forwarder import Forwarder
 from forwarder.config import Settings
+from forwarder.processes import stop_process
 from forwarder.redis_server import free_port
 from forwarder.sandbox import Sandbox
 from forwarder.store import Store
@@ -94,13 +94,7 @@ class Console:
         wait_until(answers, 30, 0.1, "the console to answer")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process, 30)
         self._log.close()
 
 

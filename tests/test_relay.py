@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+from forwarder.processes import stop_process
 from forwarder.relay import KeyRing, parse_body, route_of
 from forwarder.store import Store, connect
 from tests.conftest import wait_until
@@ -74,15 +74,9 @@ class RelayProcess:
         return self
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        code = stop_process(self.process, 30)
         self._log.close()
-        return int(self.process.returncode)
+        return code
 
 
 def relay_env(redis_url: str, namespace: str, **extra: str) -> dict[str, str]:
