@@ -24,9 +24,12 @@ DLQ_REASON_PREFIX = "dlq:reason:"
 #: Delivered event ids (16-byte UUIDs), one set per 6 hours of delivery,
 #: ``dedupe:{n}`` (forwarder/lua/lib/dedupe.lua).
 DEDUPE_PREFIX = "dedupe:"
-#: One string per claimed event id, ``inflight:{id}`` -> ``{worker}|{random}``,
-#: while one worker holds the right to POST it (workers/lua/lib/claims.lua).
-INFLIGHT_PREFIX = "inflight:"
+#: Sorted set: each claimed event id (a worker holds the right to POST it),
+#: scored by when the claim expires, in microseconds (workers/lua/lib/claims.lua).
+CLAIMS = "claims"
+#: Sorted set: each admitted chunk's token, ``{worker}|{random}``, scored like
+#: the claims it took: a claim belongs to the token with its score.
+CLAIM_TOKENS = "claim_tokens"
 #: Hash: the shared circuit breaker (state, reason, open_until, cooldown...).
 BREAKER = "breaker"
 #: String held by the one worker sending the half-open breaker's probe.
@@ -63,11 +66,15 @@ LEGACY_UNACKED_INDEX = "unacked_index"
 LEGACY_FETCHERS = "fetchers"
 LEGACY_TAKEN = "taken"
 LEGACY_TAKEN_PREFIX = "taken:"
+#: 0.1's claims, a string per id (``inflight:{id}`` -> token), taken and
+#: respected too while a 0.1 worker is registered in LEGACY_FETCHERS.
+LEGACY_CLAIM_PREFIX = "inflight:"
 #: 0.1's dedupe sets, one per hour of delivery: looked through until they expire.
 LEGACY_DEDUPE_PREFIX = "delivered:"
-#: How often a worker asks whether any of those is left (a 0.1 worker that
-#: delivered since is seen within this time).
-LEGACY_DEDUPE_CHECK_SECONDS = 60.0
+#: How often a worker asks whether any of those is left, or any 0.1 worker
+#: registered (a 0.1 worker that started or delivered since is seen within
+#: this time).
+LEGACY_CHECK_SECONDS = 60.0
 
 
 def key(namespace: str, name: str) -> str:
@@ -118,6 +125,12 @@ DEFAULT_CONCURRENCY = 96
 #: batch, one Celery task (a shallow queue is shared out in smaller batches
 #: over the idle threads, workers/dispatcher.py).
 BATCH_EVENTS = 64
+#: A short queue is shared out over idle delivery threads, but no batch is
+#: cut below what one thread sends in this long at the POST time seen lately
+#: (workers/dispatcher.py): a finer split would gain less time than the Redis
+#: round trips of the extra batches cost (about six each: take, task message,
+#: load, admission, outcomes).
+SPREAD_SECONDS = 0.02
 #: Events admitted in one Lua call (a chunk of a batch). The breaker still sees
 #: every failure at once, as a chunk stops at its first failure.
 CHUNK_EVENTS = 32

@@ -105,8 +105,8 @@ def _bindings(layout: Layout) -> str:
                      + ", ".join(f"ARGV[{i}]" for i in range(1, len(layout.args) + 1)))
     if layout.rest:
         lines.append(f"local {layout.rest} = {{}}")
-        lines.append(f"for i = {len(layout.args) + 1}, #ARGV do "
-                     f"{layout.rest}[#{layout.rest} + 1] = ARGV[i] end")
+        first = len(layout.args) + 1
+        lines.append(f"for i = {first}, #ARGV do {layout.rest}[i - {first - 1}] = ARGV[i] end")
     return "\n".join(lines)
 
 

@@ -6,8 +6,9 @@ import json
 import time
 from typing import Any
 
+from forwarder import constants as C
 from forwarder.messages import encode_event, random_uuid
-from forwarder.store import Store
+from forwarder.store import Store, text
 from tests.conftest import capture_event
 from workers.gate import BreakerPolicy
 from workers.outcomes import Finish, Outcomes, dead_letter
@@ -37,11 +38,19 @@ def held_key(store: Store) -> str:
 
 
 def store_outcomes(store: Store, finishes: list[Finish], token: str = "",
-                   policy: BreakerPolicy | None = None) -> list[str]:
-    """Store outcomes through finish.lua, each event held first as a worker holds it."""
+                   policy: BreakerPolicy | None = None, last: bool = True) -> list[str]:
+    """Store outcomes through finish.lua, each event held first as a worker holds it;
+    ``last``: they end the chunk of ``token`` (its claims are released)."""
     for finish in finishes:
         store.client.hset(held_key(store), finish.field, "held")
-    return outcomes(store, policy).store(token, finishes)
+    return outcomes(store, policy).store(token, finishes, last)
+
+
+def claimed(store: Store) -> set[str]:
+    """The event ids with a live claim (workers/lua/lib/claims.lua), on Redis's clock."""
+    seconds, micros = store.client.time()
+    return {text(member) for member in store.client.zrangebyscore(
+        C.key(store.namespace, C.CLAIMS), f"({seconds * 1_000_000 + micros}", "+inf")}
 
 
 def dead_letter_entry(i: int = 0, reason: str = "rejected", status: int | None = 400,

@@ -40,6 +40,7 @@ from forwarder.redis_server import free_port
 from forwarder.store import Store, dedupe_member
 from tests.conftest import wait_until
 from tests.helpers import dead_letter_entry, event, held_key, store_outcomes
+from workers.gate import Gate
 from workers.outcomes import Finish
 
 ADMIN_KEY = "console-admin-key-7c1e5a9b3d4f"
@@ -409,10 +410,8 @@ def test_find_an_event_wherever_it_is(admin: Browserless, store: Store) -> None:
     assert began <= time.time() < ended
     assert states(held["id"]) == "HELD BY A WORKER"
     assert "web-1, pid 4242" in admin.get(f"/find?q={held['id']}").text
-    from forwarder import constants as C
-
-    store.client.set(C.key(store.namespace, C.INFLIGHT_PREFIX) + held["id"], "test-worker|tok",
-                     px=30_000)
+    assert Gate(store.client, store.namespace).admit_many(
+        [held["id"]], "test-worker|tok", 30)[0].state == "claimed"
     assert states(held["id"]) == "HELD BY A WORKER BEING SENT"
     assert states(dead) == "DEAD-LETTERED"
     assert states(str(uuid.uuid4())) == "UNKNOWN"

@@ -24,7 +24,7 @@ from forwarder.store import Store
 from tests.conftest import API_KEY
 from tests.helpers import event
 from workers.deliverer import Deliverer
-from workers.delivery import DistinctClient, Outcome
+from workers.delivery import DistinctClient, Outcome, PostTime
 
 WORKER = "test-host:1:abcdef"
 
@@ -61,7 +61,7 @@ def _held(owner: Any) -> int:
 
 def _inflight_keys(store: Store) -> list[Any]:
     """Claims still held (past their time or not)."""
-    return list(store.client.scan_iter(match=f"{store.namespace}:inflight:*"))
+    return list(store.client.zrange(f"{store.namespace}:claims", 0, -1))
 
 
 def test_a_chunk_stops_at_its_first_failure_and_sends_the_rest_afterwards(
@@ -248,3 +248,26 @@ def test_an_unexpected_error_counts_as_a_failed_attempt_not_a_loop(
     assert "internal error: RuntimeError" in store.dlq_get(store.dlq_ids())[0]["last_error"]
     assert _held(runtime) == 0
     time.sleep(0)  # nothing left running: the runtime was never started
+
+
+def test_a_short_backlog_is_cut_no_finer_than_a_thread_sends_in_spread_seconds(store):
+    from forwarder.constants import SPREAD_SECONDS
+    from workers.dispatcher import Dispatcher
+    from workers.holding import Holding
+
+    post = PostTime()
+    sent: list[tuple[str, int, str]] = []
+    dispatcher = Dispatcher(Holding(store.client, store.namespace, "w"),
+                            lambda *message: sent.append(message), capacity=100,
+                            post_seconds=lambda: post.seconds)
+    assert dispatcher.least_batch() == 1  # nothing timed yet: spread over every thread
+    store.enqueue([encode_event(event(i)) for i in range(50)])  # type: ignore[arg-type]
+    assert dispatcher.run_once() == 1
+    post.observe(0.001)  # a fast Distinct: a thread sends 20 in SPREAD_SECONDS
+    assert dispatcher.least_batch() == round(SPREAD_SECONDS / 0.001)
+    assert dispatcher.run_once() == dispatcher.least_batch()
+    for _ in range(200):
+        post.observe(0.5)  # a slow one: every event to a thread of its own again
+    assert dispatcher.least_batch() == 1
+    assert dispatcher.run_once() == 1
+

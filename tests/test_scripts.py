@@ -22,6 +22,7 @@ from forwarder.store import Store, connect, dedupe_member
 from tests.helpers import (
     HELD_WORKER,
     add_dead_letter,
+    claimed,
     dead_letter_entry,
     held_key,
     item,
@@ -81,10 +82,10 @@ def test_a_call_with_a_missing_or_unknown_name_never_reaches_redis(store):
         take(store.client, queue="q", landing="l", held="h", batch="b", limit=1)
     with pytest.raises(TypeError, match="unknown"):
         take(store.client, queue="q", landing="l", held="h", batch="b", limit=1, free=1,
-             extra=2)
+             least=1, extra=2)
     with pytest.raises(TypeError, match="variadic"):
         take(store.client, queue="q", landing="l", held="h", batch="b", limit=1, free=1,
-             rest=[1])
+             least=1, rest=[1])
 
 
 def _all_scripts() -> list[tuple[str, str]]:
@@ -124,6 +125,14 @@ def test_take_holds_events_in_fields_and_spreads_a_short_backlog(store):
     assert len(big.items) == 8 and store.queue_depth() == 0
     assert holding.client.hlen(holding.held_key) == 10
     assert holding.take("b3", limit=32, free=1).items == []
+
+
+def test_take_cuts_a_short_backlog_no_finer_than_least(store):
+    holding = Holding(store.client, store.namespace, HELD_WORKER)
+    store.enqueue([item(i) for i in range(10)])
+    assert len(holding.take("b1", limit=32, free=10, least=4).items) == 4  # not 1
+    assert len(holding.take("b2", limit=32, free=2, least=1).items) == 3  # its share
+    assert len(holding.take("b3", limit=32, free=10, least=8).items) == 3  # all there is
 
 
 def test_take_includes_what_landed_while_waiting(store):
@@ -185,9 +194,8 @@ def test_requeue_worker_brings_back_a_silent_workers_events_and_claims(store):
     assert [w.id for w in store.workers()] == ["live-1"]
     assert not store.client.exists(dead.held_key, dead.landing_key, dead.info_key)
     # Its claim is gone, so the event is sent again now; another worker's stays.
-    claim = f"{store.namespace}:inflight:"
-    assert not store.client.exists(claim + first_id)
-    assert store.client.exists(claim + "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d10")
+    assert claimed(store) == {"0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d10"}
+    assert store.client.zcard(f"{store.namespace}:claim_tokens") == 1  # someone's
 
 
 # --- finish (workers/outcomes.py) ------------------------------------------------------------
@@ -231,11 +239,27 @@ def test_finish_releases_only_its_own_claim(store):
     time.sleep(0.1)  # expired, and another worker claimed it since
     assert gate.admit_many([event_id], "theirs", 5)[0].state == "claimed"
     store_outcomes(store, [Finish("b:1", event_id, "retried", item(1), 10.0)], token="mine")
-    claim = f"{store.namespace}:inflight:{event_id}"
-    assert store.client.get(claim) == b"theirs"
+    assert claimed(store) == {event_id}  # theirs
     store_outcomes(store, [Finish("b:2", event_id, "released")], token="theirs")
-    assert not store.client.exists(claim)
+    assert claimed(store) == set()
     assert store.client.hexists(held_key(store), "b:2")  # released: still held
+
+
+def test_a_chunks_claims_go_with_its_last_outcome_and_no_others(store):
+    gate = Gate(store.client, store.namespace)
+    first, second, other = (f"0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d2{i}" for i in range(3))
+    assert [a.state for a in gate.admit_many([first, second], "w|chunk", 30)] == ["claimed"] * 2
+    assert gate.admit_many([other], "w|other", 30)[0].state == "claimed"
+    tokens = store.client.zrange(f"{store.namespace}:claim_tokens", 0, -1, withscores=True)
+    assert len({score for _, score in tokens}) == 2  # a score of its own per chunk
+    store_outcomes(store, [Finish("b:1", first, "delivered", dedupe_member(first), signal="ok")],
+                   token="w|chunk", last=False)
+    assert claimed(store) == {first, second, other}  # the chunk goes on
+    assert gate.admit_many([first], "w|again", 30)[0].state == "delivered"
+    store_outcomes(store, [Finish("b:2", second, "retried", item(2), 10.0, signal="fail")],
+                   token="w|chunk", last=True)
+    assert claimed(store) == {other}
+    assert store.client.zrange(f"{store.namespace}:claim_tokens", 0, -1) == [b"w|other"]
 
 
 # The breaker, through finish.lua as production runs it.
@@ -258,7 +282,7 @@ def test_breaker_consecutive_failures_open_it_and_nothing_is_admitted(store):
     assert state.state == "open" and state.reason == "transient"
     admission = Gate(store.client, store.namespace).admit_many(["e1"], "t1", 5)[0]
     assert admission.state == "open" and 0 < admission.wait <= 0.3
-    assert not store.client.exists(f"{store.namespace}:inflight:e1")
+    assert claimed(store) == set()
 
 
 def test_breaker_a_success_resets_the_consecutive_count(store):
@@ -282,7 +306,8 @@ def test_breaker_one_group_counts_its_answers_in_order(store):
     assert store.client.hget(f"{store.namespace}:breaker", "consecutive") == b"0"
     from tests.helpers import outcomes
     group = [finish(5, "ok"), finish(6, "fail"), finish(7, "fail")]
-    assert outcomes(store, policy).store_groups([("", group[:1]), ("", group[1:])]) == [
+    assert outcomes(store, policy).store_groups([("", group[:1], False),
+                                                 ("", group[1:], False)]) == [
         [""], ["", "opened"]]
 
 
@@ -334,7 +359,7 @@ def test_admit_claim_states(store):
     store_outcomes(store, [Finish("b:1", event_id, "delivered", dedupe_member(event_id))],
                    token="t1")
     assert gate.admit_many([event_id], "t3", 5)[0].state == "delivered"
-    assert not store.client.exists(f"{store.namespace}:inflight:{event_id}")
+    assert claimed(store) == set()
 
 
 def test_admit_the_same_id_twice_in_one_chunk_claims_it_once(store):
@@ -375,9 +400,13 @@ def test_claims_past_their_time_are_free_and_gone(store):
     assert gate.admit_many(["a", "c"], "w|t3", 60)[0].state == "busy"
     time.sleep(0.1)
     assert gate.admit_many(["a"], "w|t3", 60)[0].state == "claimed"  # free again
-    # "b" was never released: its key went by itself.
-    assert sorted(store.client.keys(f"{store.namespace}:inflight:*")) == [
-        f"{store.namespace}:inflight:a".encode(), f"{store.namespace}:inflight:c".encode()]
+    # "b" was never released: it is free, and the heartbeat's sweep forgets it.
+    assert claimed(store) == {"a", "c"}
+    assert Holding(store.client, store.namespace, "w").expire_claims() == 1
+    claims = store.client.zrange(f"{store.namespace}:claims", 0, -1)
+    assert sorted(claims) == [b"a", b"c"] and claimed(store) == {"a", "c"}
+    assert sorted(store.client.zrange(f"{store.namespace}:claim_tokens", 0, -1)) == [
+        b"w|t2", b"w|t3"]
 
 
 def test_a_group_of_outcomes_from_several_chunks_is_one_call(store):
@@ -393,15 +422,15 @@ def test_a_group_of_outcomes_from_several_chunks_is_one_call(store):
     for event_id, token in zip(ids, tokens, strict=True):
         gate.admit_many([event_id], token, 60)
     threads = [threading.Thread(target=group.store, args=(
-        tokens[i], [Finish(f"b:{i}", ids[i], "delivered", dedupe_member(ids[i]), signal="ok")]))
-        for i in range(40)]
+        tokens[i], [Finish(f"b:{i}", ids[i], "delivered", dedupe_member(ids[i]), signal="ok")],
+        i >= 36)) for i in range(40)]  # the last outcome of each chunk releases its claims
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(10)
     assert all(store.is_delivered(i) for i in ids)
     assert store.client.hlen(held_key(store)) == 0
-    assert not store.client.keys(f"{store.namespace}:inflight:*")  # each released by its token
+    assert not store.client.exists(f"{store.namespace}:claims", f"{store.namespace}:claim_tokens")
     assert 1 <= group.calls < 40  # threads waiting together shared calls
 
 
@@ -527,19 +556,38 @@ def test_ids_in_0_1_hourly_sets_are_still_found(store):
     assert admission.state == "delivered"
 
 
-def test_the_gates_of_a_worker_ask_whether_0_1_sets_are_left_once_a_minute(store):
-    from workers.gate import LegacyDedupe
+def test_the_gates_of_a_worker_ask_what_0_1_left_once_a_minute(store):
+    from workers.gate import Legacy, LegacyState
 
     clock = [1000.0]
-    shared = LegacyDedupe(clock=lambda: clock[0])
-    gates = [Gate(store.client, store.namespace, legacy_dedupe=shared) for _ in range(2)]
-    assert gates[0].legacy_dedupe_left() is False
+    shared = Legacy(clock=lambda: clock[0])
+    gates = [Gate(store.client, store.namespace, legacy=shared) for _ in range(2)]
+    assert gates[0].legacy_state() == LegacyState(dedupe=False, claims=False)
     hour = int(time.time() // 3600) - 3
     store.client.sadd(f"{store.namespace}:delivered:{hour}", "x")
+    store.client.zadd(f"{store.namespace}:fetchers", {"fetch-list-of-a-0.1-worker": 1.0})
     clock[0] += 59
-    assert gates[1].legacy_dedupe_left() is False  # the answer of a minute ago
+    assert gates[1].legacy_state() == LegacyState(False, False)  # the answer of a minute ago
     clock[0] += 1
-    assert gates[1].legacy_dedupe_left() is True
+    assert gates[1].legacy_state() == LegacyState(dedupe=True, claims=True)
+
+
+def test_while_a_0_1_worker_is_registered_claims_are_taken_as_it_takes_them(store):
+    # A rolling upgrade: 0.1 workers claim an id with a string of their own,
+    # ``inflight:{id}`` -> token, and see only those.
+    store.client.zadd(f"{store.namespace}:fetchers", {"fetch-list-of-a-0.1-worker": 1.0})
+    gate = Gate(store.client, store.namespace)
+    ours, theirs = "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d18", "0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d19"
+    store.client.set(f"{store.namespace}:inflight:{theirs}", "a-0.1-token", px=30_000)
+    states = [a.state for a in gate.admit_many([ours, theirs], "w|t1", 30)]
+    assert states == ["claimed", "busy"]  # a 0.1 worker is sending `theirs`
+    assert store.client.get(f"{store.namespace}:inflight:{ours}") == b"w|t1"  # 0.1 sees ours
+    assert claimed(store) == {ours}
+    store_outcomes(store, [Finish("b:1", ours, "delivered", dedupe_member(ours), signal="ok"),
+                           Finish("b:2", theirs, "released")], token="w|t1")
+    assert claimed(store) == set()
+    assert not store.client.exists(f"{store.namespace}:inflight:{ours}")
+    assert store.client.get(f"{store.namespace}:inflight:{theirs}") == b"a-0.1-token"
 
 
 def test_spool_push_pushes_a_batch_once(store):

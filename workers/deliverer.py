@@ -37,8 +37,8 @@ from forwarder.messages import (
 )
 from forwarder.store import Store, connect, dedupe_member
 from workers import metrics
-from workers.delivery import DistinctClient, Outcome
-from workers.gate import Admission, BreakerPolicy, Gate, LegacyDedupe
+from workers.delivery import DistinctClient, Outcome, PostTime
+from workers.gate import Admission, BreakerPolicy, Gate, Legacy
 from workers.holding import Holding
 from workers.outcomes import (
     Finish,
@@ -96,6 +96,7 @@ class Deliverer:
         self.client = client or connect(settings.redis_url, timeout=10.0, retries=2,
                                         max_connections=settings.concurrency * 2 + 16)
         self.distinct = distinct or DistinctClient(settings)
+        self.post_time = PostTime()  # read by this worker's dispatcher
         self.policy = BackoffPolicy.from_settings(settings)
         self.breaker_policy = BreakerPolicy(
             consecutive=settings.breaker_consecutive, min_requests=settings.breaker_min_requests,
@@ -103,13 +104,15 @@ class Deliverer:
             cooldown_min=settings.breaker_cooldown_min,
             cooldown_max=settings.breaker_cooldown_max)
         self.holding = Holding(self.client, settings.namespace, worker)
+        self.legacy = Legacy()  # shared by every thread's Gate and the outcome writer
         # Every thread's outcomes go through one writer (a connection of its own).
+        self._in_post = 0  # threads in a POST right now
+        self._in_post_lock = threading.Lock()
         self.outcomes = GroupCommit(Outcomes(
             redis.Redis(connection_pool=self.client.connection_pool,
                         single_connection_client=True),
             settings.namespace, self.holding.held_key, self.breaker_policy,
-            settings.dedupe_ttl))
-        self.legacy_dedupe = LegacyDedupe()  # shared by every thread's Gate
+            settings.dedupe_ttl, self.legacy), in_post=lambda: self._in_post)
         self.clock = clock
         self.rng = rng or random.Random()
         self.sleep = sleep
@@ -132,7 +135,7 @@ class Deliverer:
             s = self.settings
             mine = _Mine(Holding(client, s.namespace, self.worker),
                          Gate(client, s.namespace, s.rate_limit, s.dedupe_ttl,
-                              self.legacy_dedupe))
+                              self.legacy))
             self._local.mine = mine
         return mine
 
@@ -221,19 +224,28 @@ class Deliverer:
             slot = admitted_at + admission.wait - time.monotonic()
             if slot > 0:
                 self.sleep(slot)  # a reserved rate-limit slot, under 1 s
+            with self._in_post_lock:
+                self._in_post += 1
             try:
                 outcome = self.distinct.send(held.event)
             except Exception as exc:  # a bug must not lose the event
                 log.exception("unexpected error sending id=%s", held.event["id"])
                 outcome = Outcome("transient", None, f"internal error: {type(exc).__name__}")
+            finally:
+                with self._in_post_lock:
+                    self._in_post -= 1
+            self.post_time.observe(outcome.elapsed)
             finish, report, name = self._outcome(held, outcome)
             _count(counts, name)
             if name == "delivered":
                 delivered.append((held.event, outcome))
             # Each outcome is stored as soon as it is known: a worker killed
-            # now can leave at most this one POST to be sent twice.
-            self._record(token, [finish], [report])
-            if outcome.verdict not in ("delivered", "rejected"):
+            # now can leave at most this one POST to be sent twice. The
+            # chunk's claims go with its last outcome (or the release below).
+            failed = outcome.verdict not in ("delivered", "rejected")
+            self._record(token, [finish], [report],
+                         last=index == len(claimed) - 1 and not failed)
+            if failed:
                 again += self._release(token, claimed[index + 1:])
                 break
         log_delivered(delivered)
@@ -242,19 +254,22 @@ class Deliverer:
         return again
 
     def _record(self, token: str | None, finishes: list[Finish],
-                reports: list[Callable[[], None]]) -> None:
-        """Store outcomes (one Lua call, with the breaker), then emit their metrics."""
-        if not finishes:
+                reports: list[Callable[[], None]], last: bool = False) -> None:
+        """Store outcomes (one Lua call, with the breaker), then emit their metrics;
+        ``last``: they end the chunk of ``token``, whose claims go with them."""
+        if not finishes and not (last and token):
             return
-        changes = self._redis(lambda: self.outcomes.store(token, finishes))
+        changes = self._redis(lambda: self.outcomes.store(token, finishes, last))
         for report in reports:
             report()
         for change in changes:
             self._log_breaker(change)
 
     def _release(self, token: str, unsent: list[tuple[HeldEvent, Admission]]) -> list[HeldEvent]:
-        """Give up the claims of events admitted but not sent; they stay held."""
-        self._record(token, [Finish(h.field, h.event["id"], "released") for h, _ in unsent], [])
+        """End the chunk: give up the claims of events admitted but not sent (they
+        stay held) with the rest of its claims."""
+        self._record(token, [Finish(h.field, h.event["id"], "released") for h, _ in unsent], [],
+                     last=True)
         return [h for h, _ in unsent]
 
     def _outcome(self, held: HeldEvent, outcome: Outcome

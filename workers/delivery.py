@@ -173,6 +173,22 @@ def _dropped(sock: socket.socket) -> bool:
         return True
 
 
+class PostTime:
+    """How long one POST to Distinct takes lately: a running mean, fed by the
+    delivery threads (a lost update between two of them is harmless) and read
+    by the dispatcher to size its batches; None before the first POST."""
+
+    #: The weight of each new POST in the mean.
+    WEIGHT = 0.05
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        last = self.seconds
+        self.seconds = seconds if last is None else last + self.WEIGHT * (seconds - last)
+
+
 class DistinctClient:
     """POSTs events over one keep-alive, TLS-verified connection per thread.
 

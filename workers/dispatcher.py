@@ -12,7 +12,9 @@ message; the second one to arrive finds the batch begun and does nothing.
 
 The thread keeps at most ``capacity`` batches dispatched (the pool's threads
 plus a few ready to start), and takes no more than its share of the queue
-for the slots it has free, so a short backlog spreads over idle threads.
+for the slots it has free, so a short backlog spreads over idle threads; but
+no less than one thread sends in SPREAD_SECONDS at the recent POST time, as
+each batch costs Redis about six round trips.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ from collections.abc import Callable
 
 import redis
 
-from forwarder.constants import BATCH_EVENTS, DISPATCH_RESEND_SECONDS, IDLE_WAIT_SECONDS
+from forwarder.constants import (
+    BATCH_EVENTS,
+    DISPATCH_RESEND_SECONDS,
+    IDLE_WAIT_SECONDS,
+    SPREAD_SECONDS,
+)
 from forwarder.messages import describe
 from workers.holding import Holding
 from workers.upgrade import expand
@@ -45,11 +52,14 @@ class Dispatcher:
     """Takes batches for this worker and dispatches one task per batch."""
 
     def __init__(self, holding: Holding, publish: Publish, capacity: int,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 post_seconds: Callable[[], float | None] = lambda: None):
         self.holding = holding
         self.publish = publish
         self.capacity = max(1, capacity)
         self.clock = clock
+        #: How long a POST takes lately (workers/delivery.py: PostTime).
+        self.post_seconds = post_seconds
         self._lock = threading.Condition()
         #: Dispatched, not begun: batch -> (events, when its last message went out).
         self._waiting: dict[str, tuple[int, float]] = {}
@@ -127,7 +137,7 @@ class Dispatcher:
                 self._lock.wait(IDLE_WAIT_SECONDS)
                 return 0
         batch = secrets.token_hex(8)
-        taken = self.holding.take(batch, BATCH_EVENTS, free)
+        taken = self.holding.take(batch, BATCH_EVENTS, free, self.least_batch())
         if not taken.items:
             # Nothing queued: block until something is (it lands in this
             # worker's landing list, and the next take holds it).
@@ -140,6 +150,14 @@ class Dispatcher:
         self.dispatched(batch, count)
         self._send(batch, count, items)
         return count
+
+    def least_batch(self) -> int:
+        """The smallest batch worth its Redis round trips: what one thread sends in
+        SPREAD_SECONDS at the recent POST time (1 until a POST was timed)."""
+        seconds = self.post_seconds()
+        if not seconds or seconds <= 0:
+            return 1
+        return max(1, min(BATCH_EVENTS, int(SPREAD_SECONDS / seconds)))
 
     def _send(self, batch: str, count: int, items: list[bytes] | None = None) -> None:
         labels = [_label(i) for i in (items or [])[:3]]

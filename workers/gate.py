@@ -32,7 +32,7 @@ from forwarder.store import dedupe_member, text
 AdmitState = Literal["delivered", "busy", "open", "wait", "claimed"]
 
 _ADMIT = script("admit", "workers")
-_LEGACY_DEDUPE_LEFT = script("legacy_dedupe_left", "workers")
+_LEGACY_LEFT = script("legacy_left", "workers")
 
 
 @dataclass(frozen=True)
@@ -61,59 +61,74 @@ class Admission:
     probe: bool = False
 
 
-class LegacyDedupe:
-    """Whether any of 0.1's hourly dedupe sets is left, asked of Redis once per
-    LEGACY_DEDUPE_CHECK_SECONDS for all the Gates (threads) of a worker: the
-    question reads 25 keys, and a chunk's admission would otherwise pay it.
+@dataclass(frozen=True)
+class LegacyState:
+    """What 0.1 left that admit.lua and finish.lua must still respect."""
+
+    #: Any of 0.1's hourly dedupe sets that may hold ids of the window.
+    dedupe: bool = True
+    #: A 0.1 worker is registered: claims are also taken as 0.1 took them.
+    claims: bool = True
+
+
+class Legacy:
+    """What 0.1 left (LegacyState), asked of Redis once per LEGACY_CHECK_SECONDS
+    for all the Gates (threads) and the outcome writer of a worker: the
+    question reads 26 keys, and each chunk would otherwise pay it.
     Remove in 0.3."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
-        self._left = True
+        self._state = LegacyState()
         self._asked_at: float | None = None
         self._lock = threading.Lock()
 
-    def left(self, client: redis.Redis, legacy_dedupe_prefix: str, dedupe_ttl: float) -> bool:
+    def state(self, client: redis.Redis, namespace: str, dedupe_ttl: float) -> LegacyState:
         with self._lock:
             now = self.clock()
-            if self._asked_at is None or now - self._asked_at >= C.LEGACY_DEDUPE_CHECK_SECONDS:
-                self._left = bool(_LEGACY_DEDUPE_LEFT(
-                    client, legacy_dedupe_prefix=legacy_dedupe_prefix, dedupe_ttl=dedupe_ttl))
+            if self._asked_at is None or now - self._asked_at >= C.LEGACY_CHECK_SECONDS:
+                dedupe, claims = _LEGACY_LEFT(
+                    client, legacy_dedupe_prefix=C.key(namespace, C.LEGACY_DEDUPE_PREFIX),
+                    fetchers=C.key(namespace, C.LEGACY_FETCHERS), dedupe_ttl=dedupe_ttl)
+                self._state = LegacyState(bool(dedupe), bool(claims))
                 self._asked_at = now
-            return self._left
+            return self._state
 
 
 class Gate:
     """Dedupe, claims, circuit breaker and rate limit for one namespace."""
 
     def __init__(self, client: redis.Redis, namespace: str, rate_limit: float | None = None,
-                 dedupe_ttl: float = C.DEFAULT_DEDUPE_TTL,
-                 legacy_dedupe: LegacyDedupe | None = None):
+                 dedupe_ttl: float = C.DEFAULT_DEDUPE_TTL, legacy: Legacy | None = None):
         self.client = client
+        self.namespace = namespace
         self.dedupe_ttl = dedupe_ttl
         self.rate_limit = rate_limit or 0.0
         k = lambda name: C.key(namespace, name)  # noqa: E731
         self.keys = {"dedupe_prefix": k(C.DEDUPE_PREFIX),
                      "legacy_dedupe_prefix": k(C.LEGACY_DEDUPE_PREFIX),
-                     "claim_prefix": k(C.INFLIGHT_PREFIX), "breaker": k(C.BREAKER),
+                     "claims": k(C.CLAIMS), "claim_tokens": k(C.CLAIM_TOKENS),
+                     "legacy_claim_prefix": k(C.LEGACY_CLAIM_PREFIX), "breaker": k(C.BREAKER),
                      "probe": k(C.BREAKER_PROBE), "rate": k(C.RATE)}
-        self.legacy_dedupe = legacy_dedupe or LegacyDedupe()
+        self.legacy = legacy or Legacy()
 
-    def legacy_dedupe_left(self) -> bool:
-        """Whether 0.1's dedupe sets are still to be looked through. Remove in 0.3."""
-        return self.legacy_dedupe.left(self.client, self.keys["legacy_dedupe_prefix"],
-                                       self.dedupe_ttl)
+    def legacy_state(self) -> LegacyState:
+        """What 0.1 left to respect (asked once a minute). Remove in 0.3."""
+        return self.legacy.state(self.client, self.namespace, self.dedupe_ttl)
 
     def admit_many(self, event_ids: list[str], token: str,
                    claim_ttl: float) -> list[Admission]:
-        """One Lua call deciding, in order, what may be sent of ``event_ids``."""
+        """One Lua call deciding, in order, what may be sent of ``event_ids``;
+        ``token`` (``{worker}|{random}``, new per chunk) owns the claims it takes."""
         pairs: list[Any] = []
         for event_id in event_ids:
             pairs += [event_id, dedupe_member(event_id)]
+        legacy = self.legacy_state()
         replies = _ADMIT(self.client, **self.keys, token=token,
                          claim_ms=max(1, int(claim_ttl * 1000)), rate_per_s=self.rate_limit,
                          max_wait=C.RATE_MAX_WAIT, dedupe_ttl=self.dedupe_ttl,
-                         legacy_dedupe=int(self.legacy_dedupe_left()), rest=pairs)
+                         legacy_dedupe=int(legacy.dedupe), legacy_claims=int(legacy.claims),
+                         rest=pairs)
         return [_admission(line) for line in text(replies).split("\n")] if event_ids else []
 
 

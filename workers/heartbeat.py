@@ -2,10 +2,11 @@
 
 Every worker process beats (``beat.lua``, on Redis's clock) and looks for
 workers silent for ``FORWARDER_WORKER_TIMEOUT`` (20 s) four times per
-timeout; for each it runs ``requeue_worker.lua``, which
-checks the silence again atomically and requeues everything that worker
-held. The worker restarted by its supervisor, or any other live worker, does
-this, so a kill -9 or an OOM kill is recovered within about 25 s.
+timeout; for each it runs ``requeue_worker.lua``, which checks the silence
+again atomically and requeues everything that worker held. The worker
+restarted by its supervisor, or any other live worker, does this, so a kill
+-9 or an OOM kill is recovered within about 25 s. The same sweep forgets
+expired claims (``expire_claims.lua``).
 
 A worker that finds it was declared dead (it was frozen, or cut off from
 Redis, for longer than the timeout) stops at once: its events are back in
@@ -61,6 +62,7 @@ class Heartbeat:
                             "events it held", worker, self.dead_after, n)
                 if self.on_recovered is not None:
                     self.on_recovered(worker)
+        self.holding.expire_claims()
         for extra in self.extra_sweeps:
             extra()
         return total

@@ -28,6 +28,7 @@ _TAKE = script("take", "workers")
 _REQUEUE_HELD = script("requeue_held", "workers")
 _REQUEUE_WORKER = script("requeue_worker", "workers")
 _BEAT = script("beat", "workers")
+_EXPIRE_CLAIMS = script("expire_claims", "workers")
 
 
 def new_worker_id() -> str:
@@ -57,7 +58,6 @@ class Holding:
         k = lambda name: C.key(namespace, name)  # noqa: E731
         self.queue_key = k(C.QUEUE)
         self.workers_key = k(C.WORKERS)
-        self.claim_prefix = k(C.INFLIGHT_PREFIX)
         self.probe_key = k(C.BREAKER_PROBE)
         self.held_key = self.held_key_of(worker)
         self.landing_key = k(C.LANDING_PREFIX + worker)
@@ -67,10 +67,12 @@ class Holding:
         return C.key(self.namespace, C.HELD_PREFIX + worker)
 
     # --- taking ------------------------------------------------------------------
-    def take(self, batch: str, limit: int, free: int) -> Taken:
-        """Hold up to ``limit`` queued events (this worker's share for ``free`` slots)."""
+    def take(self, batch: str, limit: int, free: int, least: int = 1) -> Taken:
+        """Hold up to ``limit`` queued events (this worker's share for ``free`` slots,
+        but at least ``least`` if queued)."""
         items = _TAKE(self.client, queue=self.queue_key, landing=self.landing_key,
-                      held=self.held_key, batch=batch, limit=limit, free=max(1, free))
+                      held=self.held_key, batch=batch, limit=limit, free=max(1, free),
+                      least=max(1, least))
         return Taken(batch, [bytes(i) for i in items])
 
     def wait_for_work(self, timeout: float) -> bool:
@@ -126,8 +128,15 @@ class Holding:
         return int(_REQUEUE_WORKER(
             self.client, workers=self.workers_key, worker_info=k(C.WORKER_INFO_PREFIX + worker),
             held=self.held_key_of(worker), landing=k(C.LANDING_PREFIX + worker),
-            queue=self.queue_key, claim_prefix=self.claim_prefix, probe=self.probe_key,
+            queue=self.queue_key, claims=k(C.CLAIMS), claim_tokens=k(C.CLAIM_TOKENS),
+            legacy_claim_prefix=k(C.LEGACY_CLAIM_PREFIX), probe=self.probe_key,
             worker=worker, silent_for="" if silent_for is None else silent_for))
+
+    def expire_claims(self) -> int:
+        """Forget claims past their time (housekeeping: they are free already)."""
+        k = lambda name: C.key(self.namespace, name)  # noqa: E731
+        return int(_EXPIRE_CLAIMS(self.client, claims=k(C.CLAIMS),
+                                  claim_tokens=k(C.CLAIM_TOKENS)))
 
     def claim_token(self) -> str:
         """A claim token of this worker: ``{worker}|{random}``, released if it dies."""

@@ -65,7 +65,8 @@ class WorkerRuntime:
         blocking = redis.Redis(connection_pool=client.connection_pool,
                                single_connection_client=True)
         self.dispatcher = Dispatcher(Holding(blocking, settings.namespace, worker),
-                                     self._publish, settings.concurrency + READY_BATCHES_MIN)
+                                     self._publish, settings.concurrency + READY_BATCHES_MIN,
+                                     post_seconds=lambda: self.deliverer.post_time.seconds)
         self.heartbeat = Heartbeat(
             self.holding, self._info, self._declared_dead, on_recovered=self._forget_queue_of,
             extra_sweeps=[lambda: drain_legacy(client, settings.namespace)],

@@ -70,9 +70,13 @@ def locate(store: Store, event_id: str,
         if any(needle in text(item) for item in [*held, *landing]):
             places.append(Place("held by a worker", _worker(worker_id, worker.info),
                                 {"worker": worker_id}))
-    claim = store.client.get(C.key(ns, C.INFLIGHT_PREFIX) + event_id)
-    if claim is not None:
-        worker_id = text(claim).partition("|")[0]
+    claimed_until = store.client.zscore(C.key(ns, C.CLAIMS), event_id)
+    seconds, micros = store.client.time()
+    if claimed_until is not None and claimed_until > seconds * 1e6 + micros:
+        # The claim belongs to the chunk whose token has the same score.
+        tokens = store.client.zrangebyscore(C.key(ns, C.CLAIM_TOKENS), claimed_until,
+                                            claimed_until)
+        worker_id = text(tokens[0]).partition("|")[0] if tokens else "?"
         info = workers[worker_id].info if worker_id in workers else {}
         places.append(Place("being sent", "a POST to Distinct is in progress by "
                             + _worker(worker_id, info), {"worker": worker_id}))

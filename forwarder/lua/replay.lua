@@ -5,6 +5,7 @@
 --! KEYS dlq dlq_index dlq_reason_prefix queue dedupe_prefix legacy_dedupe_prefix
 --! ARGV dedupe_ttl
 --! ARGV* triples
+--! include lib/decimal.lua
 --! include lib/now.lua
 --! include lib/requeue.lua
 --! include lib/dedupe.lua

@@ -20,7 +20,7 @@ local DEDUPE_SPAN_SECONDS = 21600
 -- the window at time t.
 local function legacy_dedupe_keys(legacy_prefix, t, ttl)
   local hour, keys = math.floor(t / 3600), {}
-  for h = hour - math.ceil(ttl / 3600), hour do keys[#keys + 1] = legacy_prefix .. h end
+  for h = hour - math.ceil(ttl / 3600), hour do keys[#keys + 1] = legacy_prefix .. decimal(h) end
   return keys
 end
 
@@ -43,7 +43,7 @@ local function delivered_among(prefix, legacy_prefix, members, t, ttl, legacy)
     end
   end
   local span = math.floor(t / DEDUPE_SPAN_SECONDS)
-  for n = span - math.ceil(ttl / DEDUPE_SPAN_SECONDS), span do look_in(prefix .. n) end
+  for n = span - math.ceil(ttl / DEDUPE_SPAN_SECONDS), span do look_in(prefix .. decimal(n)) end
   if legacy == 'auto' then legacy = legacy_dedupe_left(legacy_prefix, t, ttl) end
   if legacy then
     for _, key in ipairs(legacy_dedupe_keys(legacy_prefix, t, ttl)) do look_in(key) end
@@ -51,11 +51,15 @@ local function delivered_among(prefix, legacy_prefix, members, t, ttl, legacy)
   return found
 end
 
--- remember_delivered(prefix, members, t, ttl): add the ids to the current set,
--- in one SADD.
-local function remember_delivered(prefix, members, t, ttl)
+-- remember_delivered(prefix, members, t, ttl, expire): add the ids to the
+-- current set, in one SADD; expire: (re)set its time to live too, as the
+-- caller must whenever the set may be new (finish.lua: once a minute).
+local function remember_delivered(prefix, members, t, ttl, expire)
   if #members == 0 then return end
   local span = math.floor(t / DEDUPE_SPAN_SECONDS)
-  redis.call('SADD', prefix .. span, unpack(members))
-  redis.call('EXPIREAT', prefix .. span, (span + 1) * DEDUPE_SPAN_SECONDS + math.ceil(ttl))
+  local key = prefix .. decimal(span)
+  redis.call('SADD', key, unpack(members))
+  if expire then
+    redis.call('EXPIREAT', key, decimal((span + 1) * DEDUPE_SPAN_SECONDS + math.ceil(ttl)))
+  end
 end

@@ -10,11 +10,13 @@
 -- (delivered or rejected events): counted, the run of failures ended, and an
 -- open breaker closed (its probe, or a request sent before it opened, got through).
 local function breaker_ok(breaker, probe, window_prefix, t, n, window)
-  local counts = window_prefix .. math.floor(t / (window / 10))
-  redis.call('HINCRBY', counts, 'ok', n)
-  redis.call('EXPIRE', counts, math.ceil(window * 2))
-  redis.call('HSET', breaker, 'consecutive', 0)
-  if redis.call('HGET', breaker, 'state') == 'open' then
+  local counts = window_prefix .. decimal(math.floor(t / (window / 10)))
+  if redis.call('HINCRBY', counts, 'ok', decimal(n)) == n then  -- the bucket may be new
+    redis.call('EXPIRE', counts, decimal(math.ceil(window * 2)))
+  end
+  local state = redis.call('HMGET', breaker, 'state', 'consecutive')
+  if state[2] and state[2] ~= '0' then redis.call('HSET', breaker, 'consecutive', '0') end
+  if state[1] == 'open' then
     redis.call('HSET', breaker, 'state', 'closed', 'closed_at', tostring(t), 'cooldown', 0,
                'reason', '')
     redis.call('DEL', probe)
@@ -30,7 +32,7 @@ local function breaker_failure(breaker, probe, window_prefix, t, signal, token, 
   local ratio, window = tonumber(policy[3]), tonumber(policy[4])
   local cooldown_min, cooldown_max = tonumber(policy[5]), tonumber(policy[6])
   local bucket = math.floor(t / (window / 10))
-  local counts = window_prefix .. bucket
+  local counts = window_prefix .. decimal(bucket)
   local state = redis.call('HGET', breaker, 'state') or 'closed'
   local is_probe = token ~= '' and redis.call('GET', probe) == token
   redis.call('HINCRBY', counts, 'fail', 1)
@@ -50,7 +52,7 @@ local function breaker_failure(breaker, probe, window_prefix, t, signal, token, 
   if not trip then
     local ok, fail = 0, 0
     for b = bucket - 9, bucket do
-      local pair = redis.call('HMGET', window_prefix .. b, 'ok', 'fail')
+      local pair = redis.call('HMGET', window_prefix .. decimal(b), 'ok', 'fail')
       ok = ok + tonumber(pair[1] or '0')
       fail = fail + tonumber(pair[2] or '0')
     end
