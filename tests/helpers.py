@@ -46,11 +46,16 @@ def store_outcomes(store: Store, finishes: list[Finish], token: str = "",
     return outcomes(store, policy).store(token, finishes, last)
 
 
-def claimed(store: Store) -> set[str]:
-    """The event ids with a live claim (workers/lua/lib/claims.lua), on Redis's clock."""
+def claimed(store: Store) -> dict[str, str]:
+    """Each event id with a live claim (workers/lua/lib/claims.lua, on Redis's clock),
+    and the token of the chunk that holds it: the token with the claim's score."""
     seconds, micros = store.client.time()
-    return {text(member) for member in store.client.zrangebyscore(
-        C.key(store.namespace, C.CLAIMS), f"({seconds * 1_000_000 + micros}", "+inf")}
+    live = f"({seconds * 1_000_000 + micros}"
+    tokens = {score: text(token) for token, score in store.client.zrangebyscore(
+        C.key(store.namespace, C.CLAIM_TOKENS), live, "+inf", withscores=True)}
+    return {text(event_id): tokens.get(score, "(no token)")
+            for event_id, score in store.client.zrangebyscore(
+                C.key(store.namespace, C.CLAIMS), live, "+inf", withscores=True)}
 
 
 def dead_letter_entry(i: int = 0, reason: str = "rejected", status: int | None = 400,

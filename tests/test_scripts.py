@@ -194,7 +194,7 @@ def test_requeue_worker_brings_back_a_silent_workers_events_and_claims(store):
     assert [w.id for w in store.workers()] == ["live-1"]
     assert not store.client.exists(dead.held_key, dead.landing_key, dead.info_key)
     # Its claim is gone, so the event is sent again now; another worker's stays.
-    assert claimed(store) == {"0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d10"}
+    assert claimed(store) == {"0b8e7a52-0c1e-4d4f-9a57-1f7a3c2b9d10": "someone|x"}
     assert store.client.zcard(f"{store.namespace}:claim_tokens") == 1  # someone's
 
 
@@ -239,9 +239,9 @@ def test_finish_releases_only_its_own_claim(store):
     time.sleep(0.1)  # expired, and another worker claimed it since
     assert gate.admit_many([event_id], "theirs", 5)[0].state == "claimed"
     store_outcomes(store, [Finish("b:1", event_id, "retried", item(1), 10.0)], token="mine")
-    assert claimed(store) == {event_id}  # theirs
+    assert claimed(store) == {event_id: "theirs"}
     store_outcomes(store, [Finish("b:2", event_id, "released")], token="theirs")
-    assert claimed(store) == set()
+    assert claimed(store) == {}
     assert store.client.hexists(held_key(store), "b:2")  # released: still held
 
 
@@ -254,11 +254,12 @@ def test_a_chunks_claims_go_with_its_last_outcome_and_no_others(store):
     assert len({score for _, score in tokens}) == 2  # a score of its own per chunk
     store_outcomes(store, [Finish("b:1", first, "delivered", dedupe_member(first), signal="ok")],
                    token="w|chunk", last=False)
-    assert claimed(store) == {first, second, other}  # the chunk goes on
+    assert claimed(store) == {first: "w|chunk", second: "w|chunk",  # the chunk goes on
+                              other: "w|other"}
     assert gate.admit_many([first], "w|again", 30)[0].state == "delivered"
     store_outcomes(store, [Finish("b:2", second, "retried", item(2), 10.0, signal="fail")],
                    token="w|chunk", last=True)
-    assert claimed(store) == {other}
+    assert claimed(store) == {other: "w|other"}
     assert store.client.zrange(f"{store.namespace}:claim_tokens", 0, -1) == [b"w|other"]
 
 
@@ -282,7 +283,7 @@ def test_breaker_consecutive_failures_open_it_and_nothing_is_admitted(store):
     assert state.state == "open" and state.reason == "transient"
     admission = Gate(store.client, store.namespace).admit_many(["e1"], "t1", 5)[0]
     assert admission.state == "open" and 0 < admission.wait <= 0.3
-    assert claimed(store) == set()
+    assert claimed(store) == {}
 
 
 def test_breaker_a_success_resets_the_consecutive_count(store):
@@ -359,7 +360,7 @@ def test_admit_claim_states(store):
     store_outcomes(store, [Finish("b:1", event_id, "delivered", dedupe_member(event_id))],
                    token="t1")
     assert gate.admit_many([event_id], "t3", 5)[0].state == "delivered"
-    assert claimed(store) == set()
+    assert claimed(store) == {}
 
 
 def test_admit_the_same_id_twice_in_one_chunk_claims_it_once(store):
@@ -401,10 +402,10 @@ def test_claims_past_their_time_are_free_and_gone(store):
     time.sleep(0.1)
     assert gate.admit_many(["a"], "w|t3", 60)[0].state == "claimed"  # free again
     # "b" was never released: it is free, and the heartbeat's sweep forgets it.
-    assert claimed(store) == {"a", "c"}
+    assert claimed(store) == {"a": "w|t3", "c": "w|t2"}
     assert Holding(store.client, store.namespace, "w").expire_claims() == 1
     claims = store.client.zrange(f"{store.namespace}:claims", 0, -1)
-    assert sorted(claims) == [b"a", b"c"] and claimed(store) == {"a", "c"}
+    assert sorted(claims) == [b"a", b"c"] and set(claimed(store)) == {"a", "c"}
     assert sorted(store.client.zrange(f"{store.namespace}:claim_tokens", 0, -1)) == [
         b"w|t2", b"w|t3"]
 
@@ -432,6 +433,36 @@ def test_a_group_of_outcomes_from_several_chunks_is_one_call(store):
     assert store.client.hlen(held_key(store)) == 0
     assert not store.client.exists(f"{store.namespace}:claims", f"{store.namespace}:claim_tokens")
     assert 1 <= group.calls < 40  # threads waiting together shared calls
+
+
+def test_the_outcome_writer_waits_for_posts_in_flight_and_only_for_them(store):
+    from tests.helpers import outcomes
+    from workers.outcomes import GroupCommit
+
+    ids = [f"0b8e7a52-0c1e-4d4f-9a57-1f7a3c2c{i:04d}" for i in range(4)]
+    for i in range(4):
+        store.client.hset(held_key(store), f"b:{i}", "held")
+
+    def delivered(i: int) -> list[Finish]:
+        return [Finish(f"b:{i}", ids[i], "delivered", dedupe_member(ids[i]), signal="ok")]
+
+    in_post = [1]  # another thread is in a POST
+    group = GroupCommit(outcomes(store), in_post=lambda: in_post[0])
+    group.LINGER_SECONDS = 2.0  # bounded: the group is stored at the latest then
+    first = threading.Thread(target=group.store, args=("", delivered(0)))
+    first.start()
+    time.sleep(0.3)
+    assert not store.is_delivered(ids[0])  # waiting for the POST in flight
+    started = time.monotonic()
+    group.store("", delivered(1))  # the other thread's outcome: one call for both
+    first.join(5)
+    assert group.calls == 1 and store.is_delivered(ids[0]) and store.is_delivered(ids[1])
+    assert time.monotonic() - started < 2.5
+    in_post[0] = 0  # nobody else is sending: no wait at all
+    started = time.monotonic()
+    group.store("", delivered(2))
+    group.store("", delivered(3))
+    assert group.calls == 3 and time.monotonic() - started < 1.0
 
 
 # --- promote (workers/promoter.py) -------------------------------------------------------------
@@ -582,10 +613,10 @@ def test_while_a_0_1_worker_is_registered_claims_are_taken_as_it_takes_them(stor
     states = [a.state for a in gate.admit_many([ours, theirs], "w|t1", 30)]
     assert states == ["claimed", "busy"]  # a 0.1 worker is sending `theirs`
     assert store.client.get(f"{store.namespace}:inflight:{ours}") == b"w|t1"  # 0.1 sees ours
-    assert claimed(store) == {ours}
+    assert claimed(store) == {ours: "w|t1"}
     store_outcomes(store, [Finish("b:1", ours, "delivered", dedupe_member(ours), signal="ok"),
                            Finish("b:2", theirs, "released")], token="w|t1")
-    assert claimed(store) == set()
+    assert claimed(store) == {}
     assert not store.client.exists(f"{store.namespace}:inflight:{ours}")
     assert store.client.get(f"{store.namespace}:inflight:{theirs}") == b"a-0.1-token"
 

@@ -47,6 +47,7 @@ from workers.outcomes import (
     breaker_signal,
     dead_letter,
     dead_letter_entry,
+    has_work,
     hint,
     log_delivered,
     readable_parts,
@@ -257,7 +258,7 @@ class Deliverer:
                 reports: list[Callable[[], None]], last: bool = False) -> None:
         """Store outcomes (one Lua call, with the breaker), then emit their metrics;
         ``last``: they end the chunk of ``token``, whose claims go with them."""
-        if not finishes and not (last and token):
+        if not has_work(token, finishes, last):
             return
         changes = self._redis(lambda: self.outcomes.store(token, finishes, last))
         for report in reports:

@@ -93,7 +93,7 @@ class Outcomes:
         legacy = self.legacy.state(self.client, self.namespace, self.dedupe_ttl)
         flat: list[Any] = []
         for token, items, last in groups:
-            if items or (last and token):
+            if has_work(token, items, last):
                 flat += [token, len(items), "1" if last else "0"]
                 for f in items:
                     flat += _finish_args(f, compact=not legacy.claims)
@@ -109,6 +109,12 @@ class Outcomes:
             out.append(changes[start:start + len(items)])
             start += len(items)
         return out
+
+
+def has_work(token: str | None, items: list[Finish], last: bool) -> bool:
+    """Whether finish.lua has anything to do for a group: outcomes, or the end of a
+    chunk that may hold claims."""
+    return bool(items) or (last and bool(token))
 
 
 def _finish_args(f: Finish, compact: bool) -> list[Any]:
@@ -151,7 +157,7 @@ class GroupCommit:
     def store(self, token: str | None, items: list[Finish], last: bool = False) -> list[str]:
         """Store ``items`` (in one group with others); returns the breaker's changes.
         ``last``: the chunk of ``token`` ends with these (Outcomes.store)."""
-        if not items and not (last and token):
+        if not has_work(token, items, last):
             return []
         future: Future[list[str]] = Future()
         with self._cond:
