@@ -59,6 +59,8 @@ T = TypeVar("T")
 
 #: How long a worker keeps trying Redis inside one task before it leaves the
 #: batch held (the dispatcher sends it again later): a Redis restart's length.
+#: Not for the outcome of a POST already sent, which waits for Redis however
+#: long it is away: giving up would send the event to Distinct again.
 REDIS_PATIENCE_SECONDS = 30.0
 #: How many times a thread waits for a rate-limit slot before parking the event.
 RATE_WAIT_ROUNDS = 5
@@ -245,7 +247,7 @@ class Deliverer:
             # chunk's claims go with its last outcome (or the release below).
             failed = outcome.verdict not in ("delivered", "rejected")
             self._record(token, [finish], [report],
-                         last=index == len(claimed) - 1 and not failed)
+                         last=index == len(claimed) - 1 and not failed, sent=True)
             if failed:
                 again += self._release(token, claimed[index + 1:])
                 break
@@ -255,12 +257,15 @@ class Deliverer:
         return again
 
     def _record(self, token: str | None, finishes: list[Finish],
-                reports: list[Callable[[], None]], last: bool = False) -> None:
+                reports: list[Callable[[], None]], last: bool = False,
+                sent: bool = False) -> None:
         """Store outcomes (one Lua call, with the breaker), then emit their metrics;
-        ``last``: they end the chunk of ``token``, whose claims go with them."""
+        ``last``: they end the chunk of ``token``, whose claims go with them;
+        ``sent``: Distinct has seen these, so Redis is waited for without end."""
         if not has_work(token, finishes, last):
             return
-        changes = self._redis(lambda: self.outcomes.store(token, finishes, last))
+        changes = self._redis(lambda: self.outcomes.store(token, finishes, last),
+                              None if sent else REDIS_PATIENCE_SECONDS)
         for report in reports:
             report()
         for change in changes:
@@ -360,15 +365,17 @@ class Deliverer:
         elif change == "closed":
             log.warning("circuit breaker closed: Distinct answers again; releasing the backlog")
 
-    def _redis(self, operation: Callable[[], T]) -> T:
-        """Run a Redis operation, riding out a short Redis outage."""
-        deadline = time.monotonic() + REDIS_PATIENCE_SECONDS
+    def _redis(self, operation: Callable[[], T],
+               patience: float | None = REDIS_PATIENCE_SECONDS) -> T:
+        """Run a Redis operation, riding out a Redis outage of up to ``patience``
+        seconds (None: however long; the batch is held by this live worker meanwhile)."""
+        deadline = None if patience is None else time.monotonic() + patience
         delay = 0.1
         while True:
             try:
                 return operation()
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-                if time.monotonic() + delay > deadline:
+                if deadline is not None and time.monotonic() + delay > deadline:
                     raise RedisUnavailable(
                         f"Redis unreachable for {REDIS_PATIENCE_SECONDS:.0f} s "
                         f"({type(exc).__name__})") from None
